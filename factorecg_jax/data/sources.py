@@ -1,0 +1,416 @@
+"""Random-access record sources: on-the-fly simulation and TFDS data sources.
+
+A *source* is a sequence of records: `len(source)`, `source[i]` (a dict of
+numpy arrays) and `source.get_batch(indices)` (the same dict with a leading
+batch axis, built in one vectorised call).
+
+The synthetic records follow one rule, shared by the on-the-fly source and the
+`synthetic_ecg` TFDS builder so that both give the same record for the same
+(seed, split, index):
+
+  record i of split s = simulate(fold_in(fold_in(key(seed), SPLIT_IDS[s]), i))
+
+where `simulate(key)` is `simulator.simulate_record(key, ...)`, which is also
+the rule of `simulator.simulate_records(split_key(seed, s), indices=...)`. A
+training run at 1M+ records therefore needs no disk: any record is recomputed
+from its index.
+"""
+
+import functools
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from factorecg_jax.data import simulator
+
+# Split names and the integer folded into the data seed for each of them.
+SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
+# Every field a synthetic record carries ('strip' only when asked for).
+RECORD_FIELDS = (
+    'id',
+    'factors',
+    'beat',
+    'beat_clean',
+    'strip',
+    'measurements',
+    'labels',
+    'ef',
+    'reduced_ef',
+    'time',
+    'event',
+)
+DEFAULT_FIELDS = tuple(f for f in RECORD_FIELDS if f != 'strip')
+# Largest and smallest numbers of records simulated by one compiled call.
+MAX_CHUNK = 1024
+MIN_CHUNK = 8
+
+
+def _simulated_fields(fields: Iterable[str]) -> tuple[str, ...]:
+  """Fields produced by the simulator (everything except the index)."""
+  unknown = set(fields) - set(RECORD_FIELDS)
+  if unknown:
+    raise ValueError(
+        f'Unknown record fields {sorted(unknown)}; known: {RECORD_FIELDS}.'
+    )
+  return tuple(f for f in RECORD_FIELDS if f in fields and f != 'id')
+
+
+def split_id(split: str) -> int:
+  """The integer folded into the data seed for `split`."""
+  if split not in SPLIT_IDS:
+    raise ValueError(f'Unknown split {split!r}; known: {tuple(SPLIT_IDS)}.')
+  return SPLIT_IDS[split]
+
+
+def split_key(seed: int, split: str) -> jax.Array:
+  """The PRNG key of a split: record i has key `fold_in(split_key, i)`.
+
+  `simulator.simulate_records(split_key(seed, s), indices=idx)` gives the
+  same records as `simulate_batch(seed, s, idx)`.
+  """
+  return jax.random.fold_in(jax.random.key(seed), split_id(split))
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'rr_std', 'fields'))
+def _simulate_indices(
+    seed: jax.Array,
+    split: jax.Array,
+    indices: jax.Array,
+    lam: jax.Array,
+    *,
+    mode: str,
+    rr_std: float,
+    fields: tuple[str, ...],
+) -> dict[str, Any]:
+  """Simulates the records `indices` of one split, one key per record."""
+  key = jax.random.fold_in(jax.random.key(seed), split)
+  strip = 'strip' in fields
+
+  def one(index):
+    rec = simulator.simulate_record(
+        jax.random.fold_in(key, index),
+        mode=mode,
+        lam=lam,
+        strip=strip,
+        rr_std=rr_std,
+    )
+    # Only the requested fields leave the jitted function, so XLA drops the
+    # work of the others (the measurements, the strip, ...).
+    return {f: rec[f] for f in fields}
+
+  return jax.vmap(one)(indices)
+
+
+def _bucket(n: int, max_chunk: int) -> int:
+  """Padded batch length: a power of two in [MIN_CHUNK, max_chunk].
+
+  Few distinct lengths means few compilations; the floor spares single-record
+  reads a compilation of their own.
+  """
+  return min(max_chunk, max(MIN_CHUNK, 1 << max(0, (n - 1).bit_length())))
+
+
+def simulate_batch(
+    seed: int,
+    split: str,
+    indices: np.ndarray,
+    *,
+    mode: str = 'uniform',
+    rr_std: float = 0.05,
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    max_chunk: int = MAX_CHUNK,
+    pad_to: int | None = None,
+) -> dict[str, Any]:
+  """Simulates the synthetic records `indices` of `split`.
+
+  Indices are padded to a fixed length (`pad_to`, or a power of two from
+  `MIN_CHUNK` to `max_chunk`; longer requests run in chunks of `max_chunk`),
+  so the simulator compiles once per length bucket, not once per request.
+
+  Args:
+    seed: data seed (the `seed` of the builder config).
+    split: 'train', 'validation' or 'test'.
+    indices: [n] int, record indices in the split, each < 2**31.
+    mode: factor sampler, 'uniform' or 'realistic'.
+    rr_std: beat-to-beat RR variability of the strips (relative).
+    fields: record fields to return (subset of `RECORD_FIELDS`).
+    max_chunk: largest number of records per compiled call.
+    pad_to: if given, the exact padded length of every call (<= max_chunk).
+
+  Returns:
+    Dict of numpy arrays with leading axis n: the requested fields, e.g.
+    'beat' [n, 600, 12] float32 mV, 'factors' [n, 14], 'measurements' a dict of
+    [n] arrays, and 'id' [n] int64 when requested.
+  """
+  indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+  n = len(indices)
+  if n and (indices.min() < 0 or indices.max() >= 2**31):
+    raise ValueError('Record indices must lie in [0, 2**31).')
+  sim_fields = _simulated_fields(fields)
+  chunk = pad_to or _bucket(n, max_chunk)
+  # Baseline hazard of the survival outcome (cached per mode).
+  lam = np.float32(simulator.calibrate_lambda(mode))
+  parts = []
+  for start in range(0, n, chunk):
+    part = indices[start : start + chunk]
+    padded = np.zeros(chunk, np.int32)
+    padded[: len(part)] = part
+    out = _simulate_indices(
+        np.int32(seed),
+        np.int32(split_id(split)),
+        padded,
+        lam,
+        mode=mode,
+        rr_std=float(rr_std),
+        fields=sim_fields,
+    )
+    out = jax.device_get(out)
+    parts.append(jax.tree.map(lambda x, m=len(part): np.asarray(x)[:m], out))
+  if parts:
+    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+  else:
+    spec = record_spec(mode=mode, fields=sim_fields)
+    batch = jax.tree.map(lambda s: np.zeros((0,) + s.shape, s.dtype), spec)
+  if 'id' in fields:
+    batch['id'] = indices
+  return batch
+
+
+@functools.lru_cache(maxsize=None)
+def _record_spec(mode: str, rr_std: float, fields: tuple[str, ...]):
+  spec = jax.eval_shape(
+      lambda: _simulate_indices(
+          np.int32(0),
+          np.int32(0),
+          np.zeros(1, np.int32),
+          np.float32(1.0),
+          mode=mode,
+          rr_std=rr_std,
+          fields=fields,
+      )
+  )
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape[1:], np.dtype(s.dtype)), spec
+  )
+
+
+def record_spec(
+    *,
+    mode: str = 'uniform',
+    rr_std: float = 0.05,
+    fields: Sequence[str] = DEFAULT_FIELDS,
+) -> dict[str, Any]:
+  """Shapes and dtypes of one synthetic record, without simulating it.
+
+  Args:
+    mode: factor sampler, 'uniform' or 'realistic'.
+    rr_std: beat-to-beat RR variability of the strips.
+    fields: record fields (subset of `RECORD_FIELDS`).
+
+  Returns:
+    Dict (nested like a record) of `jax.ShapeDtypeStruct` with numpy dtypes;
+    'id' is a scalar int64.
+  """
+  spec = dict(_record_spec(mode, float(rr_std), _simulated_fields(fields)))
+  if 'id' in fields:
+    spec['id'] = jax.ShapeDtypeStruct((), np.dtype(np.int64))
+  return spec
+
+
+def _take(batch: Mapping[str, Any], j: int) -> dict[str, Any]:
+  """Row j of a batch dict, as a record dict."""
+  return jax.tree.map(lambda x: x[j], dict(batch))
+
+
+class OnTheFlySource:
+  """Synthetic records simulated on demand; nothing is stored.
+
+  Record i equals record i of the same split of the `synthetic_ecg` TFDS
+  builder built with the same seed and mode.
+
+  Attributes:
+    num_records: number of records (the source's length).
+    seed: data seed.
+    split: 'train', 'validation' or 'test'.
+    mode: factor sampler, 'uniform' or 'realistic'.
+    fields: record fields returned (subset of `RECORD_FIELDS`); unrequested
+      fields are not computed.
+  """
+
+  def __init__(
+      self,
+      num_records: int,
+      seed: int = 0,
+      split: str = 'train',
+      mode: str = 'uniform',
+      fields: Sequence[str] = DEFAULT_FIELDS,
+      rr_std: float = 0.05,
+      max_chunk: int = MAX_CHUNK,
+  ):
+    if num_records < 0 or num_records > 2**31:
+      raise ValueError(f'num_records must be in [0, 2**31], got {num_records}.')
+    split_id(split)
+    _simulated_fields(fields)
+    self.num_records = int(num_records)
+    self.seed = int(seed)
+    self.split = split
+    self.mode = mode
+    self.fields = tuple(fields)
+    self.rr_std = float(rr_std)
+    self.max_chunk = int(max_chunk)
+
+  def __len__(self) -> int:
+    return self.num_records
+
+  def __repr__(self) -> str:
+    return (
+        f'OnTheFlySource(num_records={self.num_records}, seed={self.seed}, '
+        f'split={self.split!r}, mode={self.mode!r}, fields={self.fields})'
+    )
+
+  def _check(self, indices: np.ndarray) -> np.ndarray:
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (
+        indices.min() < 0 or indices.max() >= self.num_records
+    ):
+      raise IndexError(
+          f'Record index out of range [0, {self.num_records}): '
+          f'{indices.min()}..{indices.max()}.'
+      )
+    return indices
+
+  def get_batch(self, indices: np.ndarray) -> dict[str, Any]:
+    """Records `indices` stacked along a leading axis (one jitted call).
+
+    Args:
+      indices: [n] int record indices.
+
+    Returns:
+      Dict of numpy arrays with leading axis n (see `simulate_batch`).
+    """
+    return simulate_batch(
+        self.seed,
+        self.split,
+        self._check(indices),
+        mode=self.mode,
+        rr_std=self.rr_std,
+        fields=self.fields,
+        max_chunk=self.max_chunk,
+    )
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    if not isinstance(i, (int, np.integer)):
+      raise TypeError(f'Index must be an integer, got {type(i)}.')
+    if i < 0:
+      i += self.num_records
+    return _take(self.get_batch(np.array([i])), 0)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    batch = self.get_batch(np.asarray(indices))
+    return [_take(batch, j) for j in range(len(indices))]
+
+
+def _stack(records: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]):
+  """Stacks decoded records field by field with the feature dtypes."""
+  out = {}
+  for name, sub in spec.items():
+    values = [r[name] for r in records]
+    if isinstance(sub, Mapping):
+      out[name] = _stack(values, sub)
+    else:
+      out[name] = np.asarray(values, dtype=sub.dtype).reshape(
+          (len(values),) + tuple(sub.shape)
+      )
+  return out
+
+
+def _feature_spec(tensor_info: Mapping[str, Any], fields) -> dict[str, Any]:
+  """Numpy shape/dtype spec from a TFDS tensor-info tree, for some fields."""
+
+  def convert(info):
+    if isinstance(info, Mapping):
+      return {k: convert(v) for k, v in info.items()}
+    return jax.ShapeDtypeStruct(tuple(info.shape), np.dtype(info.np_dtype))
+
+  names = tensor_info.keys() if fields is None else fields
+  missing = set(names) - set(tensor_info)
+  if missing:
+    raise KeyError(f'Fields {sorted(missing)} are not in the data set.')
+  return {k: convert(tensor_info[k]) for k in names}
+
+
+class TfdsSource:
+  """A split of a TFDS data set read by random access (`tfds.data_source`).
+
+  The data set is read (and, with `download`, built if missing) as
+  `array_record`; no TensorFlow is needed. Scalars come back as numpy arrays
+  with the feature dtypes.
+
+  Attributes:
+    name: TFDS name, e.g. 'synthetic_ecg/uniform_10k'.
+    split: split string, slices allowed ('train[:1000]').
+    fields: the record fields returned.
+    data_source: the underlying `tfds.data_source`.
+  """
+
+  def __init__(
+      self,
+      name: str,
+      split: str,
+      data_dir: str | None = None,
+      fields: Sequence[str] | None = None,
+      download: bool = True,
+  ):
+    # TFDS is imported here so that the on-the-fly path never loads it.
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    self.name = name
+    self.split = split
+    # TFDS picks ArrayRecord by itself only when no data_dir is given; a
+    # missing data set is then built in the only format readable here.
+    self.data_source = tfds.data_source(
+        name,
+        split=split,
+        data_dir=data_dir,
+        download=download,
+        builder_kwargs=dict(file_format='array_record'),
+    )
+    info = self.data_source.dataset_info.features.get_tensor_info()
+    self._spec = _feature_spec(info, fields)
+    self.fields = tuple(self._spec)
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def __repr__(self) -> str:
+    return (
+        f'TfdsSource(name={self.name!r}, split={self.split!r}, '
+        f'num_records={len(self)})'
+    )
+
+  def get_batch(self, indices: np.ndarray) -> dict[str, Any]:
+    """Records `indices` read in one batched call and stacked.
+
+    Args:
+      indices: [n] int record indices.
+
+    Returns:
+      Dict of numpy arrays with leading axis n, dtypes as in the features.
+    """
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if any(i < 0 or i >= len(self) for i in indices):
+      raise IndexError(f'Record index out of range [0, {len(self)}).')
+    getitems = getattr(self.data_source, '__getitems__', None)
+    if getitems is not None:
+      records = getitems(indices)
+    else:
+      records = [self.data_source[i] for i in indices]
+    return _stack(records, self._spec)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return _take(self.get_batch(np.array([i])), 0)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    batch = self.get_batch(np.asarray(indices))
+    return [_take(batch, j) for j in range(len(indices))]

@@ -1,0 +1,5 @@
+"""Model families; `MODELS` maps a config's `model.name` to its class."""
+
+from factorecg_jax.models import vae
+
+MODELS = {'vae': vae.VAE}

@@ -1,0 +1,517 @@
+"""The one training loop: any model, any task loss, 1 CPU to many hosts.
+
+`train_and_evaluate(config, workdir)` reads top to bottom in big_vision's
+order: mesh -> data -> model and optimizer -> sharded init -> jitted steps ->
+restore -> loop -> final eval and checkpoint. A task (`losses.TASKS`) supplies
+the loss and the evaluation; the loop knows no model. The same workdir
+resumes a killed run from its latest checkpoint, and because the data
+iterator restarts at that step and step keys are `fold_in(rng, step)`, a
+resumed run is bit-identical to an uninterrupted one.
+"""
+
+import datetime
+import functools
+import itertools
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from factorecg_jax import models
+from factorecg_jax.data import input_pipeline
+from factorecg_jax.training import checkpoints
+from factorecg_jax.training import losses
+from factorecg_jax.training import sharding
+from factorecg_jax.training import state as state_lib
+from factorecg_jax.training import writer as writer_lib
+
+TrainState = state_lib.TrainState
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+# Metrics whose non-finite value stops training (the rest are only logged).
+GUARDED_METRICS = ('loss', 'l2_grads', 'l2_params')
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    loss_fn: Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]],
+    learning_rate_fn: optax.Schedule | None = None,
+) -> tuple[TrainState, Metrics]:
+  """One optimizer step on a global batch; pure, jitted once by the caller.
+
+  Args:
+    state: current train state (replicated).
+    batch: dict of global arrays `[batch, ...]` sharded by rows, e.g. `ecg`
+      `[batch, 600, 12]` float32 mV and `mask` `[batch]` float32.
+    rng: base PRNG key of the run; the step number is folded in, so every
+      step draws fresh randomness that is reproducible after a restore.
+    loss_fn: `loss_fn(params, batch, rng) -> (loss, metrics)`, the task loss
+      with the model and loss settings bound; a mask-weighted mean over the
+      batch, hence already global (no cross-device reduction needed).
+    learning_rate_fn: optional schedule, logged as `learning_rate`.
+
+  Returns:
+    `(new_state, metrics)`; metrics is a flat dict of scalars: the task's
+    metrics, `loss`, and the global L2 norms `l2_grads`, `l2_updates` and
+    `l2_params` (of the updated parameters, i.e. of what a checkpoint would
+    save) which flag divergence early.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    return loss_fn(params, batch, step_rng)
+
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params
+  )
+  new_state = state.apply_gradients(grads=grads)
+  updates = jax.tree.map(jnp.subtract, new_state.params, state.params)
+  metrics = dict(aux)
+  metrics.update(
+      loss=loss,
+      l2_grads=optax.tree.norm(grads),
+      l2_updates=optax.tree.norm(updates),
+      l2_params=optax.tree.norm(new_state.params),
+  )
+  if learning_rate_fn is not None:
+    metrics['learning_rate'] = learning_rate_fn(state.step)
+  return new_state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    eval_fn: Callable[..., Mapping[str, jax.Array]],
+) -> Metrics:
+  """Masked sums of the task's per-example eval outputs over one batch.
+
+  Padded rows (`mask == 0`, the filler of the last eval batch) contribute
+  nothing, not even a NaN; the caller divides the summed sums by the summed
+  `num_examples`, so every real example weighs the same.
+
+  Args:
+    state: train state.
+    batch: global eval batch with `mask` `[batch]` float32 (1 = real row).
+    eval_fn: `eval_fn(params, batch) -> {name: [batch, ...]}`.
+
+  Returns:
+    `{name: sum over real rows, shape [...]}` plus `num_examples` (scalar).
+  """
+  outputs = eval_fn(state.params, batch)
+  real = batch['mask'] > 0
+  sums = {}
+  for name, value in outputs.items():
+    value = jnp.asarray(value, jnp.float32)
+    keep = real.reshape(real.shape + (1,) * (value.ndim - 1))
+    sums[name] = jnp.sum(jnp.where(keep, value, 0.0), axis=0)
+  sums['num_examples'] = jnp.sum(real.astype(jnp.float32))
+  return sums
+
+
+def evaluate(
+    jit_eval_step: Callable[[TrainState, Batch], Metrics],
+    state: TrainState,
+    eval_batches: Iterator[Mapping[str, np.ndarray]],
+    mesh: jax.sharding.Mesh,
+    summarize_fn: Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
+    | None = None,
+) -> dict[str, float]:
+  """Runs a full pass over the eval set; returns scalar metrics.
+
+  Args:
+    jit_eval_step: jitted `eval_step`.
+    state: train state.
+    eval_batches: this process's local eval batches (finite, padded, masked).
+    mesh: mesh the global batches are built on.
+    summarize_fn: maps the means `{name: [...]}` to scalars (e.g. active
+      units from E[mu] and E[mu^2]); its outputs are added to the scalar
+      means.
+
+  Returns:
+    `{name: float}`: the means that are scalars, the summaries and
+    `num_examples`.
+  """
+  totals: dict[str, np.ndarray] = {}
+  for local_batch in eval_batches:
+    batch = sharding.make_global_batch(local_batch, mesh)
+    sums = jax.device_get(jit_eval_step(state, batch))
+    for name, value in sums.items():
+      # float64 on the host keeps the sum exact over many batches.
+      value = np.asarray(value, np.float64)
+      totals[name] = totals[name] + value if name in totals else value
+  count = float(totals.pop('num_examples', 0.0))
+  if count == 0:
+    raise ValueError('The eval set is empty.')
+  means = {name: total / count for name, total in totals.items()}
+  scalars = {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
+  if summarize_fn is not None:
+    scalars.update(
+        {k: float(v) for k, v in summarize_fn(dict(means)).items()}
+    )
+  scalars['num_examples'] = count
+  return scalars
+
+
+def _check_finite(
+    step: int, metrics: Mapping[str, Any], last_checkpoint: int | None,
+    workdir: str
+) -> None:
+  """Raises FloatingPointError if a guarded metric is NaN or Inf."""
+  bad = {
+      k: float(np.max(np.abs(metrics[k])))
+      for k in GUARDED_METRICS
+      if k in metrics and not np.all(np.isfinite(metrics[k]))
+  }
+  if bad:
+    where = (
+        f'the last good checkpoint is step {last_checkpoint} in '
+        f'{os.path.join(workdir, "checkpoints")}'
+        if last_checkpoint is not None else 'no checkpoint was written yet'
+    )
+    raise FloatingPointError(
+        f'Non-finite training metrics at step {step}: {bad}. Training '
+        f'stopped without saving this state; {where}. Check the inputs of '
+        'this step, lower optim.lr or set optim.grad_clip_norm.'
+    )
+
+
+def _code_version() -> str:
+  """`git describe` of the source tree, or 'unknown' outside a repository."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for cmd in (['git', 'describe', '--always', '--dirty', '--tags'],
+              ['git', 'rev-parse', 'HEAD']):
+    try:
+      out = subprocess.run(
+          cmd, cwd=root, capture_output=True, text=True, timeout=10,
+          check=True,
+      )
+      return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      continue
+  return 'unknown'
+
+
+def _run_info(config: ml_collections.ConfigDict, mesh, start_step) -> dict:
+  """What, besides the config, is needed to reproduce the run."""
+  device = jax.devices()[0]
+  return {
+      'code_version': _code_version(),
+      'start_step': start_step,
+      'time': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      'command': sys.argv,
+      'seeds': {
+          'seed': config.seed,
+          'init_rng': 'jax.random.split(jax.random.key(seed))[0]',
+          'step_rng': 'fold_in(jax.random.split(key(seed))[1], step)',
+          'data_seed': config.seed,
+      },
+      'versions': {
+          'python': platform.python_version(),
+          'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__,
+          'optax': optax.__version__,
+          'orbax_checkpoint': getattr(ocp, '__version__', 'unknown'),
+          'numpy': np.__version__,
+      },
+      'devices': {
+          'platform': device.platform,
+          'device_kind': device.device_kind,
+          'device_count': jax.device_count(),
+          'local_device_count': jax.local_device_count(),
+          'process_count': jax.process_count(),
+          'mesh_shape': dict(mesh.shape),
+          'host': platform.node(),
+      },
+  }
+
+
+def _build_model(config: ml_collections.ConfigDict):
+  """`MODELS[config.model_name](**config.model)`.
+
+  The form of docs/CONTRACTS.md, `MODELS[config.model.name](
+  **config.model.kwargs)`, is accepted too.
+  """
+  if 'model_name' in config:
+    name, kwargs = config.model_name, config.model.to_dict()
+  else:
+    name, kwargs = config.model.name, config.model.get('kwargs', {})
+    kwargs = dict(kwargs.to_dict() if hasattr(kwargs, 'to_dict') else kwargs)
+  if name not in models.MODELS:
+    raise ValueError(f'Unknown model {name!r}; known: {sorted(models.MODELS)}.')
+  return models.MODELS[name](**kwargs)
+
+
+def _get_task(config: ml_collections.ConfigDict):
+  """`losses.TASKS[config.task]`."""
+  if config.task not in losses.TASKS:
+    raise ValueError(
+        f'Unknown task {config.task!r}; known: {sorted(losses.TASKS)}.'
+    )
+  return losses.TASKS[config.task]
+
+
+def _describe_data(info: Mapping[str, Any]) -> dict[str, Any]:
+  """The JSON-able part of `get_datasets`' info, normaliser included."""
+  out = {}
+  for key, value in info.items():
+    if isinstance(value, (int, float, str, bool, tuple, list)):
+      out[key] = value
+    elif hasattr(value, 'as_dict'):  # e.g. input_pipeline.Normalizer
+      out[key] = value.as_dict()
+  return out
+
+
+def _format_eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: Any = None,
+    task: Any = None,
+    get_datasets: Callable[..., Any] | None = None,
+) -> TrainState:
+  """Trains, evaluates and checkpoints a model; resumes from `workdir`.
+
+  Args:
+    config: experiment config (`seed`, `task`, `model_name`, `model`, `loss`,
+      `data`, `optim`, `train`; see configs/).
+    workdir: run directory; holds config.json, metrics.jsonl and
+      checkpoints/. If it has a checkpoint, training resumes from it.
+    model: Linen module to train instead of
+      `MODELS[config.model_name](**config.model)` (tests, forks).
+    task: object with `loss_fn`, `eval_fn`, `summarize_fn` to use instead of
+      `losses.TASKS[config.task]`.
+    get_datasets: replacement for `input_pipeline.get_datasets`, same
+      signature and outputs.
+
+  Returns:
+    The final train state.
+
+  Raises:
+    FloatingPointError: if the loss, gradients or parameters become
+      non-finite; the offending state is not saved.
+    ValueError: if a batch size does not divide over devices/processes.
+  """
+  train_cfg = config.train
+  num_steps = int(train_cfg.num_steps)
+  log_every = max(int(train_cfg.log_every), 1)
+  eval_every = int(train_cfg.eval_every)
+  checkpoint_every = int(train_cfg.checkpoint_every)
+  check_finite_every = max(
+      int(train_cfg.get('check_finite_every', log_every)), 1
+  )
+  is_chief = jax.process_index() == 0
+
+  # Mesh: one 'data' axis over every device of every process.
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(train_cfg.batch_size, mesh, 'train.batch_size')
+  if train_cfg.get('eval_batch_size'):
+    sharding.check_batch_size(
+        train_cfg.eval_batch_size, mesh, 'train.eval_batch_size'
+    )
+  logging.info(
+      'Process %d/%d, %d local of %d devices (%s), mesh %s.',
+      jax.process_index(), jax.process_count(), jax.local_device_count(),
+      jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape),
+  )
+
+  # Model and task are looked up first: a misspelt name fails before any
+  # data is read or compiled.
+  model = model if model is not None else _build_model(config)
+  task = task if task is not None else _get_task(config)
+
+  # The latest checkpoint decides where the data stream restarts.
+  manager = checkpoints.create_manager(
+      workdir,
+      max_to_keep=train_cfg.keep_checkpoints or None,
+      save_interval_steps=checkpoint_every or 1,
+  )
+  start_step = manager.latest_step() or 0
+
+  # Data: each process reads its own rows of every global batch.
+  get_datasets = get_datasets or input_pipeline.get_datasets
+  train_iter, make_eval_iter, data_info = get_datasets(
+      config.data,
+      global_batch_size=train_cfg.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+  )
+  data_stream = train_iter  # closed at the end (stops prefetch threads)
+  first_batch = next(train_iter)
+  train_iter = itertools.chain([first_batch], train_iter)
+
+  # Optimizer, and the loss settings shared by the task's loss and eval.
+  loss_kwargs = config.loss.to_dict() if 'loss' in config else {}
+  learning_rate_fn = state_lib.create_learning_rate_fn(config.optim, num_steps)
+  tx = state_lib.create_optimizer(config.optim, learning_rate_fn)
+
+  # Sharded init: the state is born replicated over the mesh. The keys are
+  # made under jit too, so that they are global arrays on every process.
+  repl, rows = sharding.replicated(mesh), sharding.rows(mesh)
+  init_rng, train_rng = jax.jit(
+      lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+      out_shardings=(repl, repl),
+  )()
+  input_shape = (1,) + tuple(np.shape(first_batch['ecg'])[1:])
+  state, abstract_state = state_lib.create_train_state(
+      init_rng, model, tx, input_shape, mesh
+  )
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model has %d parameters.', num_params)
+
+  # Step functions, jitted once; the old state's buffers are donated.
+  jit_train_step = jax.jit(
+      functools.partial(
+          train_step,
+          loss_fn=functools.partial(task.loss_fn, model=model, **loss_kwargs),
+          learning_rate_fn=learning_rate_fn,
+      ),
+      in_shardings=(state_sharding, rows, repl),
+      out_shardings=(state_sharding, repl),
+      donate_argnums=0,
+  )
+  jit_eval_step = jax.jit(
+      functools.partial(
+          eval_step,
+          eval_fn=functools.partial(task.eval_fn, model=model, **loss_kwargs),
+      ),
+      in_shardings=(state_sharding, rows),
+      out_shardings=repl,
+  )
+
+  # Restore: the same workdir resumes a pre-empted or killed run.
+  if start_step:
+    state = checkpoints.restore(manager, abstract_state, start_step)
+    logging.info('Resumed from checkpoint at step %d.', start_step)
+  last_checkpoint = manager.latest_step()
+
+  writer = writer_lib.MetricWriter(workdir)
+  run_info = _run_info(config, mesh, start_step)
+  run_info['num_params'] = num_params
+  run_info['data'] = _describe_data(data_info or {})
+  writer.write_hparams(dict(config.to_dict(), run_info=run_info))
+  logging.info('Data: %s', run_info['data'])
+
+  def run_eval(step, state):
+    scalars = evaluate(
+        jit_eval_step, state, make_eval_iter(), mesh,
+        getattr(task, 'summarize_fn', None),
+    )
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
+    writer.flush()
+    logging.info(
+        'eval step %d: %s', step,
+        ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())),
+    )
+
+  step = start_step
+  pending: list[tuple[int, Metrics]] = []  # on device, not yet checked
+  window: list[Mapping[str, np.ndarray]] = []  # on host, since last log
+  last_log_time, last_log_step = time.perf_counter(), step
+  try:
+    with jax.set_mesh(mesh):
+      while step < num_steps:
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = sharding.make_global_batch(next(train_iter), mesh)
+          # Everything the step reads is already on device: any implicit
+          # host->device copy would be a bug (and a slowdown).
+          with jax.transfer_guard('disallow'):
+            state, metrics = jit_train_step(state, batch, train_rng)
+        step += 1
+        pending.append((step, metrics))
+
+        if step == start_step + 1:
+          # Exclude compilation from the throughput figures.
+          jax.block_until_ready(metrics)
+          logging.info(
+              'First step (compilation) took %.1f s.',
+              time.perf_counter() - last_log_time,
+          )
+          last_log_time, last_log_step = time.perf_counter(), step
+
+        is_last = step == num_steps
+        is_log = step % log_every == 0 or is_last
+        is_checkpoint = is_last or (
+            checkpoint_every > 0 and step % checkpoint_every == 0
+        )
+        is_eval = is_last or (eval_every > 0 and step % eval_every == 0)
+        # A state is checked before it is ever saved.
+        if is_log or is_checkpoint or step % check_finite_every == 0:
+          for s, m in jax.device_get(pending):
+            window.append(m)
+            _check_finite(s, m, last_checkpoint, workdir)
+          pending = []
+
+        if is_log:
+          now = time.perf_counter()
+          means = {
+              f'train/{k}': float(np.mean([m[k] for m in window]))
+              for k in window[-1]
+          }
+          steps_per_sec = (step - last_log_step) / max(
+              now - last_log_time, 1e-9
+          )
+          if step > last_log_step:
+            means['train/steps_per_sec'] = steps_per_sec
+            means['train/examples_per_sec'] = (
+                steps_per_sec * train_cfg.batch_size
+            )
+          writer.write_scalars(step, means)
+          writer.flush()
+          logging.info(
+              'step %d/%d | loss %.5g | %.2f steps/s | %.1f ECGs/s | '
+              'ETA %s', step, num_steps, means['train/loss'], steps_per_sec,
+              steps_per_sec * train_cfg.batch_size,
+              _format_eta((num_steps - step) / max(steps_per_sec, 1e-9)),
+          )
+          window = []
+          last_log_time, last_log_step = now, step
+
+        if is_checkpoint and step != last_checkpoint:
+          checkpoints.save(manager, step, state, force=True)
+          last_checkpoint = step
+
+        if is_eval:
+          eval_start = time.perf_counter()
+          run_eval(step, state)
+          # Throughput figures count training time only.
+          last_log_time += time.perf_counter() - eval_start
+      if start_step >= num_steps:
+        logging.info('Already trained to step %d; evaluating only.', step)
+        run_eval(step, state)
+  finally:
+    # Lets a save in flight complete even when training fails, so the last
+    # good checkpoint is always whole.
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    if hasattr(data_stream, 'close'):
+      data_stream.close()
+  if is_chief:
+    logging.info('Done: %d steps in %s.', step, workdir)
+  return state

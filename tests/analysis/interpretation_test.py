@@ -1,0 +1,88 @@
+"""Tests of factor interpretation: Spearman associations, names, heatmap."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import scipy.stats
+
+from factorecg_jax.analysis import interpretation
+
+
+def _records(n=500, seed=0):
+  rng = np.random.default_rng(seed)
+  factors = rng.uniform(size=(n, 3))  # hr, pr, qrs_dur
+  r_amp = rng.uniform(size=(n, 12))
+  measurements = {
+      'qt_ms': 300.0 + 100.0 * rng.uniform(size=n),
+      'qrs_ms': 80.0 + 40.0 * factors[:, 2],
+      'r_amp': r_amp,
+      'qrs_offset_sample': 240.0 + 20.0 * factors[:, 2],
+  }
+  codes = np.stack([
+      np.exp(3.0 * factors[:, 2]),           # monotone in qrs_dur
+      -(factors[:, 0] ** 3),                 # decreasing in hr
+      1e-3 * rng.normal(size=n),             # inactive
+      np.log(measurements['qt_ms']) * 10.0,  # a measurement only
+      10.0 * r_amp[:, 1] ** 2,               # R amplitude in lead II
+  ], axis=1)
+  return codes, factors, measurements
+
+
+class SpearmanTest(absltest.TestCase):
+
+  def test_matches_scipy_with_ties(self):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(60, 3)).astype(float)
+    y = rng.integers(0, 4, size=(60, 2)).astype(float) + 0.1 * x[:, :2]
+    got = interpretation.spearman_matrix(x, y)
+    for i in range(3):
+      for j in range(2):
+        self.assertAlmostEqual(got[i, j],
+                               scipy.stats.spearmanr(x[:, i], y[:, j])[0],
+                               places=12)
+
+
+class InterpretTest(absltest.TestCase):
+
+  def test_names_follow_the_strongest_association(self):
+    codes, factors, measurements = _records()
+    out = interpretation.interpret_codes(
+        codes, factors, measurements, factor_names=('hr', 'pr', 'qrs_dur'))
+    np.testing.assert_array_equal(out['codes'], [0, 1, 3, 4])
+    self.assertEqual(out['rho'].shape, (4, len(out['column_keys'])))
+    self.assertEqual(out['num_factor_columns'], 3)
+    # qrs_dur and the measured QRS tie at rho = 1: the factor wins.
+    self.assertEqual(out['names'][0], 'factor 0 ~ QRS duration, rho = 1.00')
+    self.assertEqual(out['names'][1], 'factor 1 ~ heart rate, rho = -1.00')
+    self.assertEqual(out['names'][2], 'factor 3 ~ QT, rho = 1.00')
+    self.assertEqual(out['names'][3], 'factor 4 ~ R II, rho = 1.00')
+    self.assertEqual(out['best'][2]['column'], 'qt_ms')
+    self.assertNotIn('qrs_offset_sample', out['column_keys'])
+
+  def test_measurement_columns_expand_selected_leads(self):
+    _, _, measurements = _records(n=10)
+    keys, labels, values = interpretation.measurement_columns(
+        measurements, {'r_amp': ('V1', 'aVL')})
+    self.assertEqual(keys, ['qt_ms', 'qrs_ms', 'r_amp/V1', 'r_amp/aVL'])
+    self.assertEqual(labels, ['QT', 'QRS', 'R V1', 'R aVL'])
+    np.testing.assert_array_equal(values[:, 2], measurements['r_amp'][:, 6])
+    np.testing.assert_array_equal(values[:, 3], measurements['r_amp'][:, 4])
+
+  def test_heatmap_is_written(self):
+    codes, factors, measurements = _records(n=100)
+    out = interpretation.interpret_codes(codes, factors, measurements)
+    with tempfile.TemporaryDirectory() as tmp:
+      path = interpretation.plot_association_heatmap(
+          out['rho'], [f'factor {c}' for c in out['codes']],
+          out['column_labels'], os.path.join(tmp, 'sub', 'rho.png'),
+          num_factor_columns=out['num_factor_columns'], title='t')
+      with open(path, 'rb') as f:
+        data = f.read()
+    self.assertTrue(data.startswith(b'\x89PNG'))
+    self.assertGreater(len(data), 5000)
+
+
+if __name__ == '__main__':
+  absltest.main()

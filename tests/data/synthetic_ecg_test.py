@@ -1,0 +1,205 @@
+"""Round trip of the synthetic_ecg builder: build as ArrayRecord, read back."""
+
+import sys
+import tempfile
+
+from absl.testing import absltest
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from factorecg_jax.data import input_pipeline
+from factorecg_jax.data import simulator
+from factorecg_jax.data import sources
+from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder
+
+_SPLITS = {'train': 16, 'validation': 8, 'test': 8}
+_OPTIMIZATIONS = None
+
+
+def setUpModule():
+  # Compiling the simulator dominates this file; the arrays are tiny.
+  global _OPTIMIZATIONS
+  _OPTIMIZATIONS = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  tfds.disable_progress_bar()
+
+
+def tearDownModule():
+  jax.config.update('jax_disable_most_optimizations', _OPTIMIZATIONS)
+
+
+def _build(data_dir: str) -> tfds.core.DatasetBuilder:
+  builder = synthetic_ecg_dataset_builder.Builder(
+      config='tiny', data_dir=data_dir, file_format='array_record'
+  )
+  builder.download_and_prepare()
+  return builder
+
+
+def _read_all(data_dir: str, split: str) -> dict:
+  source = sources.TfdsSource('synthetic_ecg/tiny', split, data_dir=data_dir)
+  return source.get_batch(np.arange(len(source)))
+
+
+class SyntheticEcgTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._tmp = tempfile.TemporaryDirectory()
+    cls.data_dir = cls._tmp.name + '/a'
+    cls.builder = _build(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._tmp.cleanup()
+    super().tearDownClass()
+
+  def test_split_sizes(self):
+    for split, n in _SPLITS.items():
+      self.assertEqual(self.builder.info.splits[split].num_examples, n)
+      source = tfds.data_source(
+          'synthetic_ecg/tiny',
+          split=split,
+          data_dir=self.data_dir,
+          download=False,
+      )
+      self.assertLen(source, n)
+
+  def test_record_shapes_and_dtypes(self):
+    source = tfds.data_source(
+        'synthetic_ecg/tiny', split='train', data_dir=self.data_dir
+    )
+    record = source[5]
+    self.assertEqual(record['beat'].shape, (600, 12))
+    self.assertEqual(record['beat'].dtype, np.float32)
+    self.assertEqual(record['beat_clean'].shape, (600, 12))
+    self.assertEqual(record['beat_clean'].dtype, np.float32)
+    self.assertEqual(record['factors'].shape, (len(simulator.FACTOR_NAMES),))
+    self.assertEqual(record['labels'].shape, (simulator.NUM_LABELS,))
+    self.assertEqual(record['labels'].dtype, np.bool_)
+    self.assertEqual(int(record['id']), 5)  # Stored in index order.
+    self.assertIn('qt_ms', record['measurements'])
+    self.assertNotIn('strip', record)
+    batch = _read_all(self.data_dir, 'validation')
+    self.assertEqual(batch['beat'].shape, (8, 600, 12))
+    for name in ('ef', 'time'):
+      self.assertEqual(batch[name].dtype, np.float32)
+      self.assertEqual(batch[name].shape, (8,))
+    for name in ('reduced_ef', 'event'):
+      self.assertEqual(batch[name].dtype, np.bool_)
+    np.testing.assert_array_equal(batch['id'], np.arange(8))
+    self.assertEqual(batch['measurements']['qt_ms'].shape, (8,))
+    self.assertTrue(np.isfinite(batch['beat']).all())
+    # Factors lie in their documented ranges.
+    self.assertTrue((batch['factors'] >= simulator.FACTOR_LOW - 1e-4).all())
+    self.assertTrue((batch['factors'] <= simulator.FACTOR_HIGH + 1e-4).all())
+
+  def test_same_seed_gives_identical_arrays(self):
+    other_dir = self._tmp.name + '/b'
+    _build(other_dir)
+    for split in _SPLITS:
+      a, b = _read_all(self.data_dir, split), _read_all(other_dir, split)
+      jax.tree.map(np.testing.assert_array_equal, a, b)
+
+  def test_splits_hold_different_records(self):
+    train = _read_all(self.data_dir, 'train')
+    test = _read_all(self.data_dir, 'test')
+    self.assertFalse(np.allclose(train['beat'][:8], test['beat']))
+    # Records within a split differ too.
+    self.assertGreater(np.abs(np.diff(train['factors'], axis=0)).min(), 0.0)
+
+  def test_disk_records_equal_on_the_fly_records(self):
+    for split, n in _SPLITS.items():
+      disk = sources.TfdsSource('synthetic_ecg/tiny', split, self.data_dir)
+      fly = sources.OnTheFlySource(n, seed=0, split=split, mode='uniform')
+      for start in range(0, n, 8):
+        idx = np.arange(start, start + 8)
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, 1e-6, 1e-6),
+            disk.get_batch(idx),
+            fly.get_batch(idx),
+        )
+
+  def test_on_the_fly_matches_simulator_rule(self):
+    # Record i of split s is `simulate_record(fold_in(split_key(seed, s), i))`.
+    key = jax.random.fold_in(jax.random.key(0), sources.SPLIT_IDS['test'])
+    lam = simulator.calibrate_lambda('uniform')
+    simulate_beat = jax.jit(
+        lambda k: simulator.simulate_record(k, mode='uniform', lam=lam)['beat']
+    )
+    expected = np.asarray(simulate_beat(jax.random.fold_in(key, 5)))
+    fly = sources.OnTheFlySource(8, split='test', fields=('beat', 'factors'))
+    got = fly.get_batch(np.arange(8))['beat'][5]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    disk = _read_all(self.data_dir, 'test')['beat'][5]
+    np.testing.assert_allclose(disk, expected, rtol=1e-5, atol=1e-5)
+
+  def test_tfds_and_simulated_pipelines_agree(self):
+    config = input_pipeline.default_data_config()
+    config.update(
+        dict(
+            name='synthetic_ecg/tiny',
+            data_dir=self.data_dir,
+            num_train=16,
+            num_eval=8,
+            extra_keys=('factors',),
+            normalization='per_lead',
+            normalization_records=8,
+            prefetch=0,
+        )
+    )
+    streams = {}
+    for kind in ('tfds', 'simulated'):
+      config.source = kind
+      train_iter, make_eval_iter, info = input_pipeline.get_datasets(
+          config, global_batch_size=8, seed=3
+      )
+      self.assertEqual((info['num_train'], info['num_eval']), (16, 8))
+      streams[kind] = (
+          [next(train_iter) for _ in range(3)],
+          list(make_eval_iter()),
+          info['normalizer'],
+      )
+    tfds_stream, sim_stream = streams['tfds'], streams['simulated']
+    np.testing.assert_allclose(
+        tfds_stream[2].mean, sim_stream[2].mean, rtol=1e-5, atol=1e-6
+    )
+    tfds_batches = tfds_stream[0] + tfds_stream[1]
+    sim_batches = sim_stream[0] + sim_stream[1]
+    self.assertLen(tfds_batches, 4)
+    for a, b in zip(tfds_batches, sim_batches, strict=True):
+      np.testing.assert_array_equal(a['index'], b['index'])
+      np.testing.assert_allclose(a['ecg'], b['ecg'], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(a['factors'], b['factors'], rtol=1e-6)
+
+  def test_no_tensorflow(self):
+    self.assertNotIn('tensorflow', sys.modules)
+
+
+class BuilderConfigTest(absltest.TestCase):
+
+  def test_config_names_encode_size_and_mode(self):
+    all_configs = synthetic_ecg_dataset_builder.Builder.BUILDER_CONFIGS
+    configs = {c.name: c for c in all_configs}
+    self.assertLen(configs, len(all_configs))
+    self.assertEqual(configs['uniform_10k'].num_train, 10_000)
+    self.assertEqual(configs['uniform_10k'].num_validation, 1_000)
+    self.assertEqual(configs['realistic_100k'].mode, 'realistic')
+    self.assertTrue(configs['uniform_1k_strip'].with_strip)
+    self.assertFalse(configs['uniform_1k'].with_strip)
+
+  def test_strip_config_declares_strip_feature(self):
+    with tempfile.TemporaryDirectory() as data_dir:
+      builder = synthetic_ecg_dataset_builder.Builder(
+          config='uniform_1k_strip', data_dir=data_dir
+      )
+      features = builder.info.features
+    self.assertEqual(features['strip'].shape, (5000, 12))
+    self.assertEqual(features['strip'].np_dtype, np.float32)
+    self.assertEqual(features['beat'].shape, (600, 12))
+
+
+if __name__ == '__main__':
+  absltest.main()
