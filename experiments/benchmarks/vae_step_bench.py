@@ -112,7 +112,7 @@ def time_jax_variant(name, params, ecg, seed):
   flops = _flops(step)
   for _ in range(_WARMUP.value):
     params, opt_state, loss = step(params, opt_state, batch, rng)
-  jax.block_until_ready(loss)
+  jax.block_until_ready(params)
   t0 = time.perf_counter()
   for i in range(_STEPS.value):
     params, opt_state, loss = step(

@@ -218,10 +218,14 @@ def mig(
 
 
 def _normalized_entropy(p: Array, axis: int) -> Array:
-  """Entropy along `axis` in base p.shape[axis] of p + 1e-11, renormalised."""
+  """Entropy along `axis` in base p.shape[axis] of p + 1e-11, renormalised.
+
+  A single outcome (size 1) has entropy 0.
+  """
   p = p + 1e-11
   p = p / p.sum(axis=axis, keepdims=True)
-  return -np.sum(p * np.log(p), axis=axis) / np.log(p.shape[axis])
+  h = -np.sum(p * np.log(p), axis=axis)
+  return h / np.log(p.shape[axis]) if p.shape[axis] > 1 else h * 0.0
 
 
 def dci_scores(importance: Array) -> dict[str, float]:
@@ -250,7 +254,7 @@ def dci_scores(importance: Array) -> dict[str, float]:
       completeness=float(np.sum(c_per_factor * factor_w)))
 
 
-def _standardize(train: Array, test: Array) -> tuple[Array, Array]:
+def standardize(train: Array, test: Array) -> tuple[Array, Array]:
   """z-scores with training statistics (constant columns become 0)."""
   mean = train.mean(axis=0)
   std = train.std(axis=0)
@@ -348,8 +352,8 @@ def dci(
     info_test = float(np.mean([r[2] for r in results]))
     metric = 'accuracy'
   elif importance in ('lasso', 'ridge'):
-    xs_train, xs_test = _standardize(x_train, x_test)
-    ys_train, ys_test = _standardize(
+    xs_train, xs_test = standardize(x_train, x_test)
+    ys_train, ys_test = standardize(
         np.asarray(factors_train, np.float64),
         np.asarray(factors_test, np.float64))
     if importance == 'lasso':
@@ -601,7 +605,7 @@ def explicitness(
     dict: 'explicitness_train', 'explicitness_test' (floats),
     'explicitness_per_factor' [K] (test).
   """
-  x_train, x_test = _standardize(np.asarray(codes_train, np.float64),
+  x_train, x_test = standardize(np.asarray(codes_train, np.float64),
                                  np.asarray(codes_test, np.float64))
   y_train, y_test = discretize_factors(factors_train, factors_test,
                                        factor_bins)

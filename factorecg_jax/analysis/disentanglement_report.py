@@ -27,6 +27,7 @@ import numpy as np
 from factorecg_jax.analysis import disentanglement
 from factorecg_jax.analysis import interpretation
 from factorecg_jax.analysis import interventions
+from factorecg_jax.data import simulator
 
 Array = np.ndarray
 EncodeFn = Callable[[Array], Any]
@@ -116,7 +117,6 @@ def _accepted(fn: Callable[..., Any], kwargs: Mapping[str, Any]):
 
 
 def _simulate(seed: int, split: int, n: int, mode: str) -> dict[str, Any]:
-  from factorecg_jax.data import simulator  # pylint: disable=g-import-not-at-top
   key = jax.random.fold_in(jax.random.key(seed), split)
   return simulator.simulate_records(key, n, mode=mode)
 
@@ -213,10 +213,9 @@ def evaluate_run(
   f_train = np.asarray(train_records['factors'], np.float64)
   f_test = np.asarray(test_records['factors'], np.float64)
   if factor_names is None:
-    factor_names = [f'v{j}' for j in range(f_train.shape[1])]
-    if f_train.shape[1] == 14:
-      from factorecg_jax.data import simulator  # pylint: disable=g-import-not-at-top
-      factor_names = list(simulator.FACTOR_NAMES)
+    factor_names = (list(simulator.FACTOR_NAMES)
+                    if f_train.shape[1] == simulator.NUM_FACTORS
+                    else [f'v{j}' for j in range(f_train.shape[1])])
   timings = {}
 
   t0 = time.perf_counter()

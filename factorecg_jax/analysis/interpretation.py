@@ -1,4 +1,4 @@
-"""What each latent factor means: rank correlations with factors and ECG measures.
+"""What each latent factor means: rank correlations with factors and ECGs.
 
 For every active code (a latent dimension whose posterior mean varies, Burda et
 al. 2016) the Spearman correlation with every ground-truth factor and every
@@ -75,7 +75,9 @@ def measurement_columns(
 
   Scalar measurements ([n]) are all kept except wave-boundary sample indices
   ('*_sample'); per-lead ones ([n, 12]) only for the leads listed in
-  `lead_measurements` (default LEAD_MEASUREMENTS).
+  `lead_measurements` (default LEAD_MEASUREMENTS). Known measurements come
+  in the clinical order of MEASUREMENT_LABELS (HR, RR, PR, ...), others
+  after them in their given order.
 
   Args:
     measurements: name -> [n] or [n, 12] arrays (simulator.measure layout).
@@ -87,8 +89,12 @@ def measurement_columns(
   """
   if lead_measurements is None:
     lead_measurements = LEAD_MEASUREMENTS
+  order = list(MEASUREMENT_LABELS)
+  names = sorted(measurements, key=lambda k: (
+      order.index(k) if k in order else len(order)))
   keys, labels, cols = [], [], []
-  for name, value in measurements.items():
+  for name in names:
+    value = measurements[name]
     value = np.asarray(value)
     label = MEASUREMENT_LABELS.get(name, name)
     if value.ndim == 1 and not name.endswith('_sample'):

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import linear_model
 
+from factorecg_jax.data import simulator
+
 SampleFn = Callable[[jax.Array, int], Any]
 RenderFn = Callable[[Any, jax.Array], Any]
 EncodeFn = Callable[[Any], Any]
@@ -313,8 +315,6 @@ def simulator_generator(
   Returns:
     (sample_factors, render).
   """
-  from factorecg_jax.data import simulator  # pylint: disable=g-import-not-at-top
-
   def sample_factors(key, n):
     return simulator.sample_factors(key, n, mode)
 

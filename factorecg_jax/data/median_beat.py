@@ -51,7 +51,9 @@ SMOOTH_MS = 80  # moving average of the detection energy.
 REFRACTORY_MS = 250  # minimum RR; also the non-maximum suppression radius.
 THRESHOLD_FRACTION = 0.2  # of the 3rd-largest energy peak.
 LAG_MS = 20  # largest cross-correlation shift of a beat.
-QRS_HALF_MS = 80  # half width of the cross-correlation window.
+QRS_HALF_MS = 40  # half width of the cross-correlation window.
+# Independent leads I, II, V1-V6 (the other four are their combinations).
+INDEPENDENT_LEADS = (0, 1, 6, 7, 8, 9, 10, 11)
 R_SEARCH_MS = 60  # R peak searched this far from the aligned energy peak.
 ONSET_SEARCH_MS = 120  # QRS onset searched this far before the R peak.
 ONSET_FRACTION = 0.1  # of the QRS spatial-velocity maximum.
@@ -237,11 +239,12 @@ def _align_to_template(signal, peaks, valid):
   """Shifts each peak to the lag best matching the median QRS.  [k] -> [k]."""
   lag, half = _ms(LAG_MS), _ms(QRS_HALF_MS)
   length = 2 * half + 1
+  signal = signal[:, INDEPENDENT_LEADS]
   windows = _gather_windows(signal, peaks - half - lag, length + 2 * lag, valid)
   template = nanmedian_over_beats(windows[:MEDIAN_BEATS, lag : lag + length])
   template = jnp.nan_to_num(template - jnp.nanmean(template, axis=0))
-  # Cross-correlation summed over leads: [k, 12, length + 2 lag] against a
-  # [1, 12, length] kernel gives [k, 1, 2 lag + 1] scores.
+  # Cross-correlation summed over leads: [k, 8, length + 2 lag] against a
+  # [1, 8, length] kernel gives [k, 1, 2 lag + 1] scores.
   scores = jax.lax.conv_general_dilated(
       jnp.nan_to_num(windows).transpose(0, 2, 1),
       template.T[None],

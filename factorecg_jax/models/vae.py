@@ -340,21 +340,25 @@ _TinyVAE = functools.partial(
 )
 
 
+# np.array copies: state_dict() tensors share memory with the live model,
+# which a later optimizer step would change under the converted parameters.
+
+
 def _ecgxai_conv(state: Mapping[str, Any], prefix: str) -> dict:
   # PyTorch Conv1d weight [out, in, k] -> [k, in, out].
   return {
-      'kernel': np.asarray(state[prefix + '.weight'], np.float32).transpose(
+      'kernel': np.array(state[prefix + '.weight'], np.float32).transpose(
           2, 1, 0
       ),
-      'bias': np.asarray(state[prefix + '.bias'], np.float32),
+      'bias': np.array(state[prefix + '.bias'], np.float32),
   }
 
 
 def _ecgxai_linear(state: Mapping[str, Any], prefix: str) -> dict:
   # PyTorch Linear weight [out, in] -> [in, out].
   return {
-      'kernel': np.asarray(state[prefix + '.weight'], np.float32).T,
-      'bias': np.asarray(state[prefix + '.bias'], np.float32),
+      'kernel': np.array(state[prefix + '.weight'], np.float32).T,
+      'bias': np.array(state[prefix + '.bias'], np.float32),
   }
 
 

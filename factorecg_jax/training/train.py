@@ -9,6 +9,7 @@ iterator restarts at that step and step keys are `fold_in(rng, step)`, a
 resumed run is bit-identical to an uninterrupted one.
 """
 
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -257,7 +258,14 @@ def _build_model(config: ml_collections.ConfigDict):
     kwargs = dict(kwargs.to_dict() if hasattr(kwargs, 'to_dict') else kwargs)
   if name not in models.MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {sorted(models.MODELS)}.')
-  return models.MODELS[name](**kwargs)
+  model_cls = models.MODELS[name]
+  dtype = config.train.get('dtype')
+  fields = {f.name for f in dataclasses.fields(model_cls)}
+  if dtype and 'dtype' in fields and 'dtype' not in kwargs:
+    # train.dtype sets the computation dtype (bfloat16: mixed precision);
+    # parameters stay float32.
+    kwargs['dtype'] = jnp.dtype(dtype)
+  return model_cls(**kwargs)
 
 
 def _get_task(config: ml_collections.ConfigDict):
@@ -321,9 +329,8 @@ def train_and_evaluate(
   log_every = max(int(train_cfg.log_every), 1)
   eval_every = int(train_cfg.eval_every)
   checkpoint_every = int(train_cfg.checkpoint_every)
-  check_finite_every = max(
-      int(train_cfg.get('check_finite_every', log_every)), 1
-  )
+  # 0 or absent: check at log (and checkpoint) steps only; 1: every step.
+  check_finite_every = int(train_cfg.get('check_finite_every', 0)) or log_every
   is_chief = jax.process_index() == 0
 
   # Mesh: one 'data' axis over every device of every process.

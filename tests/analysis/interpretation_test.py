@@ -65,8 +65,9 @@ class InterpretTest(absltest.TestCase):
     _, _, measurements = _records(n=10)
     keys, labels, values = interpretation.measurement_columns(
         measurements, {'r_amp': ('V1', 'aVL')})
-    self.assertEqual(keys, ['qt_ms', 'qrs_ms', 'r_amp/V1', 'r_amp/aVL'])
-    self.assertEqual(labels, ['QT', 'QRS', 'R V1', 'R aVL'])
+    # Clinical order (QRS before QT), not the dict's order.
+    self.assertEqual(keys, ['qrs_ms', 'qt_ms', 'r_amp/V1', 'r_amp/aVL'])
+    self.assertEqual(labels, ['QRS', 'QT', 'R V1', 'R aVL'])
     np.testing.assert_array_equal(values[:, 2], measurements['r_amp'][:, 6])
     np.testing.assert_array_equal(values[:, 3], measurements['r_amp'][:, 4])
 

@@ -100,6 +100,18 @@ class InterventionTest(absltest.TestCase):
 
 class SimulatorTest(absltest.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # Compiling the simulator dominates; optimisation passes are not needed.
+    cls._saved_flag = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', False)
+
+  @classmethod
+  def tearDownClass(cls):
+    jax.config.update('jax_disable_most_optimizations', cls._saved_flag)
+    super().tearDownClass()
+
   def test_oracle_on_simulator_scores_one(self):
     sample, render = iv.simulator_generator('uniform')
     enc = iv.oracle_encoder(low=simulator.FACTOR_LOW,

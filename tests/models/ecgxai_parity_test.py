@@ -92,6 +92,20 @@ class EcgxaiParityTest(parameterized.TestCase):
     converted_shapes = jax.tree.map(np.shape, self.params)
     self.assertEqual(model_shapes, converted_shapes)
 
+  def test_conversion_copies_weights(self):
+    lin = torch.nn.Linear(3, 2)
+    conv = torch.nn.Conv1d(2, 4, 5)
+    state = {'linear_mean.weight': lin.weight, 'linear_mean.bias': lin.bias,
+             'c.weight': conv.weight, 'c.bias': conv.bias}
+    state = {k: v.detach() for k, v in state.items()}
+    before = (vae._ecgxai_linear(state, 'linear_mean'),
+              vae._ecgxai_conv(state, 'c'))
+    saved = jax.tree.map(np.copy, before)
+    with torch.no_grad():
+      lin.weight.add_(1.0)
+      conv.weight.add_(1.0)
+    jax.tree.map(np.testing.assert_array_equal, before, saved)
+
   @parameterized.parameters('chomp', 'left')
   def test_encoder_matches_ecgxai(self, padding):
     rng = np.random.default_rng(1)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -18,7 +19,9 @@ from factorecg_jax.training import state as state_lib
 from factorecg_jax.training import train
 from factorecg_jax.training import writer as writer_lib
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import tiny_task  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -124,8 +127,11 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
   manager.close()
   # Restorable: a fixed data stream resumes from step 5 and finishes.
   config.data.nan_at_batch = -1
+  tiny_task.TRACES.update(loss=0, eval=0)
   state = _train(config, tmp_path)
   assert int(jax.device_get(state.step)) == 12
+  # The restored state has the same types and shardings: no retrace.
+  assert tiny_task.TRACES['loss'] == 1
   params = jax.device_get(state.params)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   rows = writer_lib.read_metrics(str(tmp_path))
@@ -236,3 +242,16 @@ def test_default_components_vae(tmp_path):
   assert rows[-1]['eval/num_examples'] == 8
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['run_info']['data']['normalizer']['kind'] == 'none'
+
+
+def test_misspelt_config_key_fails_before_compute(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'factorecg_jax.main',
+       '--config=configs/demo.py:tiny', f'--workdir={workdir}',
+       '--mode=train', '--config.train.nonexistent=1'],
+      capture_output=True, text=True, timeout=120, cwd=ROOT,
+  )
+  assert result.returncode != 0
+  assert 'nonexistent' in result.stderr
+  assert not workdir.exists()  # nothing was trained, not even set up

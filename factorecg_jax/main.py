@@ -1,0 +1,109 @@
+"""factorecg_jax command line: one config, one workdir, one mode.
+
+  python -m factorecg_jax.main --config=configs/demo.py --workdir=runs/demo \
+      --mode=demo [--config.train.num_steps=1000 ...]
+
+Modes: simulate (data summary), train, encode (factors of a trained VAE),
+traverse (factor traversals), evaluate (disentanglement metrics), demo (all
+of them in order). Several processes (multi-host) are detected from the
+environment and joined with `jax.distributed.initialize()`.
+"""
+
+import difflib
+import importlib.util
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (ml_collections).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train',
+    ['simulate', 'train', 'encode', 'traverse', 'evaluate', 'demo'],
+    'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Environment variables that mean "this is one of several processes".
+_MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
+                     'TPU_WORKER_HOSTNAMES', 'OMPI_COMM_WORLD_SIZE')
+
+
+def _run(mode: str, config, workdir: str) -> None:
+  # Imports are per mode so `simulate` never loads model or training code.
+  if mode == 'simulate':
+    from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
+    demo.simulate_summary(config, workdir)
+  elif mode == 'train':
+    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+  elif mode == 'demo':
+    from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
+    demo.run_demo(config, workdir)
+  else:
+    from factorecg_jax import runs  # pylint: disable=g-import-not-at-top
+    {'encode': runs.encode_mode, 'traverse': runs.traverse_mode,
+     'evaluate': runs.evaluate_mode}[mode](config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  from factorecg_jax import config_checks  # pylint: disable=g-import-not-at-top
+  if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  # Reject bad values before any compute (unknown keys already failed).
+  config_checks.validate(config)
+  logging.info('JAX process %d/%d, %d local / %d global devices (%s)',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  _run(_MODE.value, config, _WORKDIR.value)
+
+
+def _flat_keys(config, prefix=''):
+  keys = set()
+  for k, v in config.items():
+    keys.add(prefix + k)
+    if hasattr(v, 'items'):
+      keys |= _flat_keys(v, prefix + k + '.')
+  return keys
+
+
+def check_override_keys(argv) -> None:
+  """Exits with a clear message if a `--config.x.y` override is unknown.
+
+  absl/ml_collections reject such keys too, but with a bare KeyError; this
+  names the key and its closest known spellings before anything runs.
+  """
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+              None)
+  overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv
+               if a.startswith('--config.')]
+  if not path or not overrides:
+    return
+  file, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('_config_check', file)
+  if spec is None or not os.path.exists(file):
+    sys.exit(f'Config file not found: {file}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  known = _flat_keys(module.get_config(arg or None))
+  for key in overrides:
+    if key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=3)
+      hint = f' Did you mean: {", ".join(close)}?' if close else ''
+      sys.exit(f'Unknown config key --config.{key} (config {path}).{hint}')
+
+
+if __name__ == '__main__':
+  check_override_keys(sys.argv[1:])
+  app.run(main)
