@@ -20,8 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m factorecg_jax.main --config=configs/demo.py --workdir=$(WORKDIR) --mode=demo
 
+# pytest's exit code 5 (no tests collected) is a failure too.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist=loadfile tests
+	$(PY) -m pytest -q -n 2 --dist=loadfile tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo 'no tests collected' >&2; exit 1; fi; \
+	  exit $$rc
 
 bench: $(STAMP)
 	for f in experiments/benchmarks/*.py; do $(PY) $$f || exit 1; done

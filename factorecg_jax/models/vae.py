@@ -340,25 +340,27 @@ _TinyVAE = functools.partial(
 )
 
 
-# np.array copies: state_dict() tensors share memory with the live model,
-# which a later optimizer step would change under the converted parameters.
+def _copy(value: Any) -> np.ndarray:
+  # A copy: state_dict() tensors share memory with the live model, which a
+  # later optimizer step would change under the converted parameters.
+  return np.asarray(value, np.float32).copy()
 
 
 def _ecgxai_conv(state: Mapping[str, Any], prefix: str) -> dict:
   # PyTorch Conv1d weight [out, in, k] -> [k, in, out].
   return {
-      'kernel': np.array(state[prefix + '.weight'], np.float32).transpose(
+      'kernel': _copy(state[prefix + '.weight']).transpose(
           2, 1, 0
       ),
-      'bias': np.array(state[prefix + '.bias'], np.float32),
+      'bias': _copy(state[prefix + '.bias']),
   }
 
 
 def _ecgxai_linear(state: Mapping[str, Any], prefix: str) -> dict:
   # PyTorch Linear weight [out, in] -> [in, out].
   return {
-      'kernel': np.array(state[prefix + '.weight'], np.float32).T,
-      'bias': np.array(state[prefix + '.bias'], np.float32),
+      'kernel': _copy(state[prefix + '.weight']).T,
+      'bias': _copy(state[prefix + '.bias']),
   }
 
 
