@@ -42,7 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       log_every=50, eval_every=300, checkpoint_every=300,
                       eval_batch_size=250)
   config.analysis.update(num_records=1000, metrics_num_train=2000,
-                         metrics_num_test=1000)
+                         metrics_num_test=1000, intervention_num_train=1000,
+                         intervention_num_eval=500,
+                         intervention_num_variance_estimate=2000)
   # Simulated-data summary of --mode=simulate / demo.
   config.simulate = ml_collections.ConfigDict(dict(
       num_records=2000, mode='uniform', strips=4))
@@ -56,7 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 0
     config.simulate.update(num_records=64, strips=1)
     config.analysis.update(num_records=64, metrics_num_train=200,
-                           metrics_num_test=100)
+                           metrics_num_test=100, intervention_batch_size=8,
+                           intervention_num_train=40,
+                           intervention_num_eval=40,
+                           intervention_num_variance_estimate=128)
   elif arg:
     raise ValueError(f'unknown config variant {arg!r} (known: tiny)')
   return config

@@ -65,9 +65,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kl_threshold=0.01,  # nats; dims with mean KL above are "active"
       traversal_sds=(-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
       traversal_leads=('I', 'II', 'V1', 'V5'),
+      # Units of traversal_sds: 'population' = SD of the factor's posterior
+      # means over the encoded split (stays within the data), 'prior' = 1.
+      traversal_scale='population',
       record_index=0,  # the record of the individual-level traversal
       metrics_num_train=10_000,  # encodings for the disentanglement metrics
       metrics_num_test=5_000,
+      # BetaVAE / FactorVAE scores in --mode=evaluate (simulator as the
+      # generator); sizes of disentanglement_lib's standard study.
+      interventions=True,
+      intervention_batch_size=64,
+      intervention_num_train=10_000,
+      intervention_num_eval=5_000,
+      intervention_num_variance_estimate=10_000,
   ))
 
   if arg == 'tiny':  # seconds on CPU; for tests
@@ -80,7 +90,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         eval_every=4, checkpoint_every=2,
                         eval_batch_size=32)
     config.analysis.update(num_records=64, metrics_num_train=200,
-                           metrics_num_test=100)
+                           metrics_num_test=100, intervention_batch_size=8,
+                           intervention_num_train=40,
+                           intervention_num_eval=40,
+                           intervention_num_variance_estimate=128)
   elif arg:
     raise ValueError(f'unknown config variant {arg!r} (known: tiny)')
   return config

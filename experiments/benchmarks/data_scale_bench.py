@@ -13,8 +13,9 @@ of the same source; a flat pipeline keeps them near 1.
   .venv/bin/python experiments/benchmarks/data_scale_bench.py \
       [--num_steps=30 --warmup_steps=10] [--tfds_data_dir=DIR --build_tfds]
 
-About 1 minute per point on 2 CPU cores with the defaults (the lean VAE
-preset at batch 32). ArrayRecord sizes that are not built in
+About 1 minute per point on 2 CPU cores with the defaults (configs/demo.py:
+a small VAE at batch 64). Growth can be negative: memory held while
+compiling is returned after warm-up. ArrayRecord sizes that are not built in
 --tfds_data_dir are skipped unless --build_tfds is given (uniform_100k takes
 ~6 GB and tens of minutes to build on 2 cores). The model, optimizer and
 batch come from --config (configs/demo.py) when that file exists, otherwise

@@ -23,6 +23,7 @@ disentanglement_lib does: 20 equal-width histogram bins per code.
 import time
 from typing import Any
 
+import joblib
 import numpy as np
 import scipy.stats
 from sklearn import ensemble
@@ -35,7 +36,7 @@ Array = np.ndarray
 NUM_BINS = 20
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x E[z|x] > 0.01.
 RIDGE_ALPHA = 1.0
-IMPORTANCE_MODES = ('lasso', 'ridge', 'gbt')
+IMPORTANCE_MODES = ('lasso', 'ridge', 'gbt', 'gbt_regressor')
 
 
 # ----------------------------------------------------------------------------
@@ -269,12 +270,18 @@ def _r2(y: Array, pred: Array) -> Array:
   return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
 
 
-def _gbt_one_factor(x_train, y_train, x_test, y_test, seed):
-  model = ensemble.GradientBoostingClassifier(random_state=seed)
-  model.fit(x_train, y_train)
-  return (np.abs(model.feature_importances_),
-          np.mean(model.predict(x_train) == y_train),
-          np.mean(model.predict(x_test) == y_test))
+def _gbt_one_factor(x_train, y_train, x_test, y_test, seed, regression):
+  """(importances [D], train score, test score) of one factor's trees."""
+  if regression:
+    model = ensemble.GradientBoostingRegressor(random_state=seed)
+    model.fit(x_train, y_train)
+    score = lambda x, y: _r2(y[:, None], model.predict(x)[:, None])[0]
+  else:
+    model = ensemble.GradientBoostingClassifier(random_state=seed)
+    model.fit(x_train, y_train)
+    score = lambda x, y: np.mean(model.predict(x) == y)
+  return (np.abs(model.feature_importances_), score(x_train, y_train),
+          score(x_test, y_test))
 
 
 def dci(
@@ -298,8 +305,12 @@ def dci(
   * 'gbt' (the disentanglement_lib reference, slow): sklearn's default
     GradientBoostingClassifier on the discretised factor (`factor_bins`
     classes), importance = impurity-based feature_importances_,
-    informativeness = classification accuracy (train/test). About 1 minute
-    per 20-class factor on 10,000 points.
+    informativeness = classification accuracy (train/test). A 20-class
+    factor grows 20 trees per stage: minutes per factor on 10,000 points.
+  * 'gbt_regressor': sklearn's default GradientBoostingRegressor on the
+    standardised continuous factor (one tree per stage, ~20x cheaper than
+    'gbt' with 20 bins); importance = feature_importances_,
+    informativeness = R^2.
   * 'lasso' (default, fast; the linear importance of the original paper):
     lasso regression of each standardised continuous factor on the
     standardised codes, min 1/(2n)|y - Xw|^2 + alpha |w|_1; importance =
@@ -322,12 +333,12 @@ def dci(
     factors_train: [n, K] factors.
     codes_test: [m, D] codes.
     factors_test: [m, K] factors.
-    importance: 'lasso', 'ridge' or 'gbt'.
+    importance: 'lasso', 'ridge', 'gbt' or 'gbt_regressor'.
     factor_bins: bins for 'gbt' targets (None: factors are discrete labels).
     lasso_alpha: lasso penalty (standardised units); None: see above.
     ridge_alpha: ridge penalty (sklearn Ridge convention, added to X^T X).
     seed: random_state of the trees.
-    n_jobs: parallel factors for 'gbt' (joblib; None = 1).
+    n_jobs: parallel factors for the tree modes (joblib; None = 1).
 
   Returns:
     dict: 'disentanglement', 'completeness', 'informativeness_train',
@@ -339,18 +350,22 @@ def dci(
   """
   x_train = np.asarray(codes_train, np.float64)
   x_test = np.asarray(codes_test, np.float64)
-  if importance == 'gbt':
-    y_train, y_test = discretize_factors(factors_train, factors_test,
-                                         factor_bins)
-    import joblib  # sklearn dependency; only the reference path needs it.
+  if importance in ('gbt', 'gbt_regressor'):
+    regression = importance == 'gbt_regressor'
+    if regression:
+      y_train, y_test = standardize(np.asarray(factors_train, np.float64),
+                                    np.asarray(factors_test, np.float64))
+    else:
+      y_train, y_test = discretize_factors(factors_train, factors_test,
+                                           factor_bins)
     results = joblib.Parallel(n_jobs=n_jobs)(
         joblib.delayed(_gbt_one_factor)(
-            x_train, y_train[:, j], x_test, y_test[:, j], seed)
+            x_train, y_train[:, j], x_test, y_test[:, j], seed, regression)
         for j in range(y_train.shape[1]))
     imp = np.stack([r[0] for r in results], axis=1)
     info_train = float(np.mean([r[1] for r in results]))
     info_test = float(np.mean([r[2] for r in results]))
-    metric = 'accuracy'
+    metric = 'r2' if regression else 'accuracy'
   elif importance in ('lasso', 'ridge'):
     xs_train, xs_test = standardize(x_train, x_test)
     ys_train, ys_test = standardize(

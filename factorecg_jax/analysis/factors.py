@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 Array = Any
-EncodeFn = Callable[[Array], tuple[Array, Array]]
+EncodeFn = Callable[..., tuple[Array, Array]]
 DecodeFn = Callable[[Array], Any]
 
 # Batch keys that are not per-record values worth keeping.
@@ -33,6 +33,7 @@ def encode_dataset(
     encode_fn: EncodeFn,
     batches: Iterable[Mapping[str, Any]],
     *,
+    params: Any = None,
     input_key: str = 'ecg',
     keep_keys: Sequence[str] | None = None,
     sharding: jax.sharding.Sharding | None = None,
@@ -46,14 +47,18 @@ def encode_dataset(
   host and device work overlap.
 
   Args:
-    encode_fn: `x [B, T, L] -> (mu [B, D], sd [B, D])`, traceable by JAX;
-      it receives `batch[input_key]` as given (already normalised if the
-      model was trained on normalised inputs).
+    encode_fn: `x [B, T, L] -> (mu [B, D], sd [B, D])`, traceable by JAX,
+      or `(params, x) -> (mu, sd)` when `params` is given; it receives
+      `batch[input_key]` as given (already normalised if the model was
+      trained on normalised inputs).
     batches: iterable of dicts with `input_key` `[B, T, L]` float32, and
       optionally `mask` `[B]` (1 = real row; default all real), `index`
       `[B]` int (record index in its split) and other per-record fields
       (`id`, `factors` `[B, K]`, `labels` `[B, C]`, ...); a dict entry
       such as `measurements` is flattened to `measurements.<name>`.
+    params: model parameters passed to `encode_fn` as an argument. Prefer
+      this to closing over them: closed-over arrays become constants baked
+      into the compiled program (slow to compile, memory twice).
     input_key: the batch entry fed to `encode_fn`.
     keep_keys: other batch entries to return, filtered like `mu`; default
       every entry except `input_key` and `mask`.
@@ -69,7 +74,11 @@ def encode_dataset(
   Raises:
     ValueError: if there are no batches or no real records.
   """
-  jit_encode = jax.jit(encode_fn)
+  if params is None:
+    jit_encode = jax.jit(encode_fn)
+  else:
+    jit_params = jax.jit(encode_fn)
+    jit_encode = lambda x: jit_params(params, x)  # pylint: disable=unnecessary-lambda-assignment
   outputs: dict[str, list[np.ndarray]] = {}
   pending = None  # (device result, host-side fields) of the previous batch
 

@@ -19,6 +19,7 @@ ordered I, II, III, aVR, aVL, aVF, V1..V6; amplitudes in mV.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -698,33 +699,56 @@ def simulate_record(key: jax.Array, *, mode: str = 'uniform',
   return out
 
 
-@functools.partial(jax.jit, static_argnames=('mode', 'shape_k', 'strip',
+RECORD_FIELDS = ('factors', 'beat', 'beat_clean', 'measurements', 'labels',
+                 'ef', 'reduced_ef', 'time', 'event', 'strip', 'strip_clean',
+                 'qrs_onsets', 'r_peaks', 'num_beats')
+_STRIP_FIELDS = ('strip', 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
+_MIN_CHUNK = 8
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'shape_k', 'fields',
                                              'exact_noise'))
-def _simulate_indices(key, indices, lam, *, mode, shape_k, strip, rr_std,
+def _simulate_indices(key, indices, lam, rr_std, *, mode, shape_k, fields,
                       exact_noise):
-  one = functools.partial(simulate_record, mode=mode, lam=lam,
+  strip = any(f in _STRIP_FIELDS for f in fields)
+
+  def one(i):
+    rec = simulate_record(jax.random.fold_in(key, i), mode=mode, lam=lam,
                           shape_k=shape_k, strip=strip, rr_std=rr_std,
                           exact_noise=exact_noise)
-  return jax.vmap(lambda i: one(jax.random.fold_in(key, i)))(indices)
+    # Only requested fields leave the jitted function; XLA drops the rest.
+    return {f: rec[f] for f in fields}
+
+  return jax.vmap(one)(indices)
+
+
+def _bucket(n: int, chunk_size: int) -> int:
+  """Padded call length: a power of two in [8, chunk_size] (few compiles)."""
+  return min(chunk_size, max(_MIN_CHUNK, 1 << max(0, (n - 1).bit_length())))
 
 
 def simulate_records(key: jax.Array, n: int | None = None, *,
                      indices: np.ndarray | None = None,
                      mode: str = 'uniform', strips: bool = False,
+                     fields: Sequence[str] | None = None,
                      rr_std: float = 0.05, shape_k: float = 1.0,
                      chunk_size: int = 4096, exact_noise: bool = False
                      ) -> dict[str, Any]:
   """Records `indices` (default 0..n-1); record i = simulate_record(fold_in(key, i)).
 
-  Records are generated in jitted chunks of `chunk_size` (padded, so each
-  chunk size compiles once) and returned as numpy arrays.
+  Records are generated in jitted calls of at most `chunk_size` records,
+  padded to a power of two so that few call sizes compile, and returned as
+  numpy arrays.
 
   Args:
     key: PRNG key of the data set split.
     n: number of records (records 0..n-1) if `indices` is not given.
-    indices: explicit record indices (int array).
-    mode, strips, rr_std, shape_k, exact_noise: see `simulate_record`.
-    chunk_size: records per jitted call.
+    indices: explicit record indices (int array, each < 2**31).
+    mode, rr_std, shape_k, exact_noise: see `simulate_record`.
+    strips: include the strip fields (ignored when `fields` is given).
+    fields: subset of RECORD_FIELDS to compute and return (default: all but
+      the strip fields, or all with `strips`).
+    chunk_size: most records per jitted call.
 
   Returns:
     dict of numpy arrays with a leading record axis (see `simulate_record`).
@@ -733,18 +757,29 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
     if n is None:
       raise ValueError('give n or indices')
     indices = np.arange(n)
-  indices = np.asarray(indices, np.int64)
-  lam = calibrate_lambda(mode, shape_k)
+  indices = np.asarray(indices, np.int64).reshape(-1)
+  if indices.size and (indices.min() < 0 or indices.max() >= 2**31):
+    raise ValueError('record indices must lie in [0, 2**31)')
+  if fields is None:
+    fields = tuple(f for f in RECORD_FIELDS
+                   if strips or f not in _STRIP_FIELDS)
+  unknown = set(fields) - set(RECORD_FIELDS)
+  if unknown:
+    raise ValueError(f'unknown record fields {sorted(unknown)}; known: '
+                     f'{RECORD_FIELDS}')
+  fields = tuple(f for f in RECORD_FIELDS if f in fields)
+  lam = np.float32(calibrate_lambda(mode, shape_k))
+  size = _bucket(len(indices), chunk_size)
   chunks = []
-  for start in range(0, len(indices), chunk_size):
-    idx = indices[start:start + chunk_size]
-    size = min(chunk_size, len(indices)) if len(indices) > 0 else 0
+  for start in range(0, len(indices), size):
+    idx = indices[start:start + size]
     padded = np.zeros(size, np.uint32)
     padded[:len(idx)] = idx
-    out = _simulate_indices(key, jnp.asarray(padded), lam, mode=mode,
-                            shape_k=shape_k, strip=strips, rr_std=rr_std,
+    out = _simulate_indices(key, padded, lam, np.float32(rr_std), mode=mode,
+                            shape_k=shape_k, fields=fields,
                             exact_noise=exact_noise)
-    chunks.append(jax.tree.map(lambda x, k=len(idx): np.asarray(x)[:k], out))
+    chunks.append(jax.tree.map(lambda x, k=len(idx): np.asarray(x)[:k],
+                               jax.device_get(out)))
   if not chunks:
     raise ValueError('no records requested')
   return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *chunks)

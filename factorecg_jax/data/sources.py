@@ -72,45 +72,6 @@ def split_key(seed: int, split: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), split_id(split))
 
 
-@functools.partial(jax.jit, static_argnames=('mode', 'rr_std', 'fields'))
-def _simulate_indices(
-    seed: jax.Array,
-    split: jax.Array,
-    indices: jax.Array,
-    lam: jax.Array,
-    *,
-    mode: str,
-    rr_std: float,
-    fields: tuple[str, ...],
-) -> dict[str, Any]:
-  """Simulates the records `indices` of one split, one key per record."""
-  key = jax.random.fold_in(jax.random.key(seed), split)
-  strip = 'strip' in fields
-
-  def one(index):
-    rec = simulator.simulate_record(
-        jax.random.fold_in(key, index),
-        mode=mode,
-        lam=lam,
-        strip=strip,
-        rr_std=rr_std,
-    )
-    # Only the requested fields leave the jitted function, so XLA drops the
-    # work of the others (the measurements, the strip, ...).
-    return {f: rec[f] for f in fields}
-
-  return jax.vmap(one)(indices)
-
-
-def _bucket(n: int, max_chunk: int) -> int:
-  """Padded batch length: a power of two in [MIN_CHUNK, max_chunk].
-
-  Few distinct lengths means few compilations; the floor spares single-record
-  reads a compilation of their own.
-  """
-  return min(max_chunk, max(MIN_CHUNK, 1 << max(0, (n - 1).bit_length())))
-
-
 def simulate_batch(
     seed: int,
     split: str,
@@ -144,31 +105,11 @@ def simulate_batch(
     [n] arrays, and 'id' [n] int64 when requested.
   """
   indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-  n = len(indices)
-  if n and (indices.min() < 0 or indices.max() >= 2**31):
-    raise ValueError('Record indices must lie in [0, 2**31).')
   sim_fields = _simulated_fields(fields)
-  chunk = pad_to or _bucket(n, max_chunk)
-  # Baseline hazard of the survival outcome (cached per mode).
-  lam = np.float32(simulator.calibrate_lambda(mode))
-  parts = []
-  for start in range(0, n, chunk):
-    part = indices[start : start + chunk]
-    padded = np.zeros(chunk, np.int32)
-    padded[: len(part)] = part
-    out = _simulate_indices(
-        np.int32(seed),
-        np.int32(split_id(split)),
-        padded,
-        lam,
-        mode=mode,
-        rr_std=float(rr_std),
-        fields=sim_fields,
-    )
-    out = jax.device_get(out)
-    parts.append(jax.tree.map(lambda x, m=len(part): np.asarray(x)[:m], out))
-  if parts:
-    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+  if len(indices):
+    batch = simulator.simulate_records(
+        split_key(seed, split), indices=indices, mode=mode,
+        fields=sim_fields, rr_std=rr_std, chunk_size=pad_to or max_chunk)
   else:
     spec = record_spec(mode=mode, fields=sim_fields)
     batch = jax.tree.map(lambda s: np.zeros((0,) + s.shape, s.dtype), spec)
@@ -180,14 +121,15 @@ def simulate_batch(
 @functools.lru_cache(maxsize=None)
 def _record_spec(mode: str, rr_std: float, fields: tuple[str, ...]):
   spec = jax.eval_shape(
-      lambda: _simulate_indices(
-          np.int32(0),
-          np.int32(0),
-          np.zeros(1, np.int32),
+      lambda: simulator._simulate_indices(  # pylint: disable=protected-access
+          jax.random.key(0),
+          np.zeros(1, np.uint32),
           np.float32(1.0),
+          np.float32(rr_std),
           mode=mode,
-          rr_std=rr_std,
+          shape_k=1.0,
           fields=fields,
+          exact_noise=False,
       )
   )
   return jax.tree.map(

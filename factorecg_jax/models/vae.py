@@ -349,9 +349,7 @@ def _copy(value: Any) -> np.ndarray:
 def _ecgxai_conv(state: Mapping[str, Any], prefix: str) -> dict:
   # PyTorch Conv1d weight [out, in, k] -> [k, in, out].
   return {
-      'kernel': _copy(state[prefix + '.weight']).transpose(
-          2, 1, 0
-      ),
+      'kernel': _copy(state[prefix + '.weight']).transpose(2, 1, 0),
       'bias': _copy(state[prefix + '.bias']),
   }
 

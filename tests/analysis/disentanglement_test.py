@@ -145,12 +145,13 @@ class DciTest(parameterized.TestCase):
     self.assertLess(d['noise']['disentanglement'],
                     0.01 if importance == 'lasso' else 0.3)
 
-  def test_gbt_reference(self):
+  @parameterized.parameters(('gbt', 'accuracy'), ('gbt_regressor', 'r2'))
+  def test_tree_reference(self, importance, metric):
     factors, codes = _known_codes(250, num_factors=2, num_noise=1)
     f_test, c_test = _known_codes(100, num_factors=2, num_noise=1, seed=1)
     out = dis.dci(codes['oracle'], factors, c_test['oracle'], f_test,
-                  importance='gbt', factor_bins=3)
-    self.assertEqual(out['informativeness_metric'], 'accuracy')
+                  importance=importance, factor_bins=3)
+    self.assertEqual(out['informativeness_metric'], metric)
     self.assertEqual(out['importance'].shape, (3, 2))
     self.assertGreater(out['disentanglement'], 0.8)
     self.assertGreater(out['informativeness_test'], 0.8)

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from factorecg_jax.data import input_pipeline
+from factorecg_jax.data import simulator
 from factorecg_jax.data import sources
 
 _LEAD_MEAN = np.linspace(-0.5, 0.5, 12).astype(np.float32)
@@ -358,11 +359,11 @@ class SimulatedSourceTest(absltest.TestCase):
     self.assertFalse(np.allclose(batch['beat'][0], batch['beat'][1]))
     np.testing.assert_allclose(fly[3]['beat'], batch['beat'][1], 1e-5, 1e-5)
     # Requests of 3 and 4 records share one padded shape: one compilation.
-    before = sources._simulate_indices._cache_size()
+    before = simulator._simulate_indices._cache_size()
     fly.get_batch(np.arange(3))
     fly.get_batch(np.arange(4))
     fly.get_batch(np.arange(96, 100))
-    self.assertLessEqual(sources._simulate_indices._cache_size() - before, 1)
+    self.assertLessEqual(simulator._simulate_indices._cache_size() - before, 1)
     other_seed = sources.OnTheFlySource(100, seed=2, fields=('beat', 'factors'))
     self.assertFalse(
         np.allclose(other_seed.get_batch(np.array([3]))['beat'],
