@@ -13,7 +13,7 @@ Each mode takes the experiment config and a run directory written by
                    traversals/all_active_factors.png
                    traversals/record_<id>_factors.png  one record's factors
                    traversals/traversals.npz, summary.json
-  --mode=evaluate  disentanglement/...          (analysis.disentanglement_report)
+  --mode=evaluate  disentanglement/...          metrics (disentanglement_report)
 
 Inputs are normalised as in training (the run's config.json keeps the
 normaliser) and decoded beats are mapped back to mV before plotting. The
@@ -24,6 +24,7 @@ in one process, data-parallel over its devices.
 import functools
 import json
 import os
+import re
 from typing import Any
 
 from absl import logging
@@ -128,8 +129,18 @@ def _restore(
       getattr(model, 'leads', len(simulator.LEADS)),
   )
   mesh = sharding.make_mesh()
-  _, abstract_state = state_lib.create_train_state(
-      jax.random.key(0), model, tx, input_shape, mesh
+  # Only the shapes of the train state are needed: tracing its creation
+  # abstractly compiles and allocates nothing.
+  abstract_state = jax.eval_shape(
+      lambda rng: state_lib.create_train_state(
+          rng, model, tx, input_shape, mesh
+      )[0],
+      jax.random.key(0),
+  )
+  replicated = sharding.replicated(mesh)
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract_state,
   )
   manager = checkpoints.create_manager(workdir)
   try:
@@ -277,7 +288,8 @@ def _factors_path(workdir: str, split: str) -> str:
 
 def _plot_kl(kl: np.ndarray, threshold: float, path: str) -> str:
   """Bar chart of the mean KL per latent, active ones highlighted."""
-  from matplotlib import figure as mfigure  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib import figure as mfigure
 
   num_latents = len(kl)
   active = kl > threshold
@@ -485,7 +497,9 @@ def traverse_mode(
   fig = ecg_plot.plot_traversal_grid(
       rows, sds, leads=leads, value_label=unit,
       title=f'Record {record_id}: its factors, one factor moved')
-  name = f'record_{record_id}_factors'
+  # Record ids of real data sets may hold characters unfit for file names.
+  name = 'record_' + re.sub(r'[^A-Za-z0-9_.-]', '_', str(record_id))
+  name += '_factors'
   paths[name] = str(ecg_plot.save_figure(
       fig, os.path.join(folder, f'{name}.png'), dpi=100))
 
@@ -534,13 +548,12 @@ def evaluate_mode(
   analysis = config.analysis
   model, params, _ = _restore(config, workdir)
   normalizer = training_normalizer(config, workdir)
-  preprocess = None
-  if normalizer.kind != 'none':
-    mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
-    preprocess = lambda x: (x - mean) / std  # pylint: disable=unnecessary-lambda-assignment
+  # evaluate_run feeds beats in mV: normalise inside the jitted encoder.
+  mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
   encode_fn = disentanglement_report.make_encode_fn(
       model.apply, {'params': params}, batch_size=_batch_size(config),
-      preprocess=preprocess,
+      preprocess=(None if normalizer.kind == 'none'
+                  else lambda x: (x - mean) / std),
   )
   mode = config.data.get('mode', 'uniform')
   if config.data.source != 'simulated':

@@ -326,7 +326,10 @@ def dci(
     weights, so noise codes keep small importances.
 
   Linear importances see only monotone (linear) relations; a code that
-  encodes a factor non-monotonically is credited by 'gbt' only.
+  encodes a factor non-monotonically is credited by the tree modes only.
+  The modes give different numbers for the same codes (the lasso drops weak
+  contributions that trees spread importance over): compare D and C within
+  one mode, and use 'gbt' for tables next to disentanglement_lib's.
 
   Args:
     codes_train: [n, D] codes.
@@ -726,7 +729,7 @@ def compute_all_metrics(
     codes_test: [m, D] posterior means.
     factors_test: [m, K] factors.
     sd_train: optional [n, D] posterior sds for the aggregate-posterior TC.
-    importance: DCI importance mode ('lasso', 'ridge' or 'gbt'; see `dci`).
+    importance: DCI importance mode (see `dci`).
     code_bins: histogram bins per code (MIG, modularity).
     factor_bins: equal-frequency bins per factor (None: discrete factors).
     sap_continuous: R^2 SAP (True) or disentanglement_lib's LinearSVC SAP.

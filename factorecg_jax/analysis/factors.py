@@ -7,14 +7,16 @@ paper) and shows what each one does by decoding latents moved along it, at the
 model level (from the population mean) and at the individual level (from one
 record's factors).
 
-Pure functions over callables and arrays: `encode_fn` / `decode_fn` are JAX
-functions such as `functools.partial(model.apply, {'params': p},
-method='encode')`; nothing here reads a config, a checkpoint or training code.
-Arrays are channels-last, `[batch, time, leads]`.
+Pure functions over callables and arrays: `encode_fn(params, x)` is e.g.
+`lambda p, x: model.apply({'params': p}, x, method='encode')`, `decode_fn(z)`
+e.g. `functools.partial(jax.jit(decode), params)` (parameters stay arguments
+of the compiled function); nothing here reads a config, a checkpoint or
+training code. Arrays are channels-last, `[batch, time, leads]`.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 import csv
+import functools
 import os
 from typing import Any
 
@@ -77,8 +79,7 @@ def encode_dataset(
   if params is None:
     jit_encode = jax.jit(encode_fn)
   else:
-    jit_params = jax.jit(encode_fn)
-    jit_encode = lambda x: jit_params(params, x)  # pylint: disable=unnecessary-lambda-assignment
+    jit_encode = functools.partial(jax.jit(encode_fn), params)
   outputs: dict[str, list[np.ndarray]] = {}
   pending = None  # (device result, host-side fields) of the previous batch
 
@@ -236,8 +237,9 @@ def population_traversal(
 
   Args:
     decode_fn: `z [m, D] -> beats [m, T, L]` (or `(mean, sd)`, mean used),
-      called once with m = len(dims) * len(sds); jit it for speed. Its output
-      units are the plot's (wrap it to de-normalise).
+      called once with m = len(dims) * len(sds); jit it for speed, with the
+      parameters as an argument (`functools.partial(jax.jit(f), params)`).
+      Its output units are the plot's (wrap it to de-normalise).
     mu: [n, D] posterior means of a data set.
     dims: latent dimensions to traverse.
     sds: steps, in units of `scale`, e.g. (-3, -2, -1, 0, 1, 2, 3).

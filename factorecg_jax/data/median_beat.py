@@ -58,7 +58,10 @@ R_SEARCH_MS = 60  # R peak searched this far from the aligned energy peak.
 ONSET_SEARCH_MS = 120  # QRS onset searched this far before the R peak.
 ONSET_FRACTION = 0.04  # of the QRS spatial-velocity maximum.
 FLAT_MV = 0.02  # a lead whose peak-to-peak is below this is flat.
-SATURATION_FRACTION = 0.01  # share of samples pinned at a lead's max or min.
+# A lead is saturated when runs of >= 10 ms pinned at its max or min cover
+# >= 0.5 % of the strip (50 ms of 10 s).
+SATURATION_RUN_MS = 10
+SATURATION_FRACTION = 0.005
 MIN_BEATS = 4  # fewer detected beats than this marks a record unusable.
 # Beats entering a median (the first ones; 24 in 10 s is 144 bpm). A sorting
 # network over more slots spills registers and runs ~10x slower on CPU.
@@ -282,22 +285,41 @@ def _qrs_fiducials(qrs):
   return r.astype(jnp.int32), onset.astype(jnp.int32)
 
 
-def _quality_inputs(ecg):
+def _clipped(ecg, level, tol, width: int, min_runs: float):
+  """[c] bool: the leads held at `level` [c] the way a clipped amplifier is.
+
+  Clipping holds a lead at one extreme for whole runs of samples and jumps
+  into and out of such a run. A smooth peak touches its maximum for a sample
+  or two; a noise-free lead may rest at its extreme (isoelectric line, ST
+  plateau) but glides into that level, so the abrupt run edges tell the two
+  apart.
+  """
+  n = ecg.shape[0]
+  pinned = jnp.abs(ecg - level) <= tol
+  run = pinned[: n - width + 1]
+  for i in range(1, width):
+    run = run & pinned[i : n - width + 1 + i]
+  away = jnp.abs(ecg - level) > 10 * tol  # clearly off the level
+  # Runs entered straight from away, or left straight to away.
+  jumps = jnp.sum(run[1:] & away[: n - width], axis=0)
+  jumps += jnp.sum(run[:-1] & away[width:], axis=0)
+  return (jnp.sum(run, axis=0) >= min_runs) & (jumps >= 2)
+
+
+def _quality_inputs(ecg, fs: float):
   """Per-lead flags from the raw input: NaN share, flat, saturated."""
-  nan = jnp.isnan(ecg)
   hi, lo = jnp.nanmax(ecg, axis=0), jnp.nanmin(ecg, axis=0)
   ptp = jnp.nan_to_num(hi - lo)
   tol = 1e-6 + 1e-3 * ptp
-  pinned = jnp.maximum(
-      jnp.sum(jnp.abs(ecg - hi) <= tol, axis=0),
-      jnp.sum(jnp.abs(ecg - lo) <= tol, axis=0),
-  )
+  width = max(3, int(round(SATURATION_RUN_MS * fs / 1000)))
+  min_runs = SATURATION_FRACTION * ecg.shape[0]
+  clipped = _clipped(ecg, hi, tol, width, min_runs)
+  clipped |= _clipped(ecg, lo, tol, width, min_runs)
   flat = ptp < FLAT_MV
-  saturated = ~flat & (pinned >= SATURATION_FRACTION * ecg.shape[0])
   return dict(
-      nan_fraction=jnp.mean(nan, axis=0),
+      nan_fraction=jnp.mean(jnp.isnan(ecg), axis=0),
       flat_leads=flat,
-      saturated_leads=saturated,
+      saturated_leads=~flat & clipped,
   )
 
 
@@ -305,7 +327,7 @@ def _extract_one(ecg, fs: float, align: str, max_beats: int):
   """Median beat of one record.  See `extract_median_beats`."""
   n_out = int(round(ecg.shape[0] * FS / fs))
   ecg = ecg.astype(jnp.float32)
-  quality = _quality_inputs(ecg)
+  quality = _quality_inputs(ecg, fs)
   fill = jnp.nan_to_num(jnp.nanmean(ecg, axis=0))
   ecg = jnp.where(jnp.isnan(ecg), fill, ecg)
 
@@ -352,7 +374,7 @@ def _extract_one(ecg, fs: float, align: str, max_beats: int):
       rr_std_ms=jnp.sqrt(rr_var),
       rr_irregularity=jnp.sqrt(rr_var) / jnp.maximum(rr_mean, 1.0),
       rr_max_ratio=rr_max / jnp.maximum(rr_mean, 1.0),
-      noise_mv=jnp.nan_to_num(noise, nan=jnp.inf),
+      noise_mv=jnp.nan_to_num(noise, nan=jnp.inf, posinf=jnp.inf),
   )
   quality['usable'] = (
       (num_beats >= MIN_BEATS)

@@ -56,7 +56,10 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 def torch_dense(
-    features: int, fan_in: int, dtype: Dtype = jnp.float32, name=None
+    features: int,
+    fan_in: int,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
 ) -> nn.Dense:
   """`nn.Dense` with PyTorch's `Linear` initialisation.
 

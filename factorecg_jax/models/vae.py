@@ -11,11 +11,16 @@ The faithful configuration (`FactorECGPaper`) reproduces ecgxai 0.1.1's
 * decoder: linear 32 -> 64, linear 64 -> 64 x 600, causal CNN 64 -> 128
   channels with dilations 128..2, a last block to 12 channels (dilation 1),
   and Gaussian output heads, two dense 7200 -> 7200 layers for the mean and
-  the standard deviation (softplus + 1e-4): about 109 M parameters.
+  the standard deviation (softplus + 1e-4): 108.5 M parameters, as ecgxai.
 
-In the package a positional-argument slip makes the decoder's convolutions
-ordinary ones (not transposed) and its dropout is never applied; both are
-reproduced. Arrays are channels-last, `[batch, 600, 12]`. Dense layers over a
+In the package a positional-argument slip passes each CausalCNN's `forward`
+flag into its blocks' `final` slot: the decoder's convolutions are ordinary
+ones (not transposed), the encoder's inner blocks end with an extra leaky ReLU
+and the decoder's do not; its dropout is accepted but never applied. All of
+this is reproduced. `decoder_transpose=True` builds the transposed decoder
+convolutions the package meant; at stride 1 a causal transposed convolution
+is an ordinary one with its kernel reversed in time, so this changes the
+parameterisation (and the PyTorch weight layout), not the function class. Arrays are channels-last, `[batch, 600, 12]`. Dense layers over a
 flattened signal flatten it time-major (`t * channels + c`); PyTorch flattens
 channel-major, so weights moved between the two are permuted, not changed.
 

@@ -164,7 +164,7 @@ def test_exact_and_bank_noise_have_the_specified_scale():
     noise = np.asarray(jax.vmap(
         lambda k, e=exact: sim.beat_noise(f, k, exact=e))(keys))
     hf = np.diff(noise[..., [0, 1] + list(range(6, 12))], axis=1)
-    # EMG RMS ~ U(0, 0.03) per lead: E[rms^2] = 0.03^2 / 3; diff doubles it.
+    # EMG RMS ~ U(0, 0.03) per record: E[rms^2] = 0.03^2 / 3; diff doubles it.
     rms = np.sqrt(np.mean(hf ** 2) / 2)
     assert 0.012 < rms < 0.022, (exact, rms)
     assert np.abs(noise).max() < 0.35
@@ -315,8 +315,7 @@ def test_strip_fiducials_and_template_sum():
   k = n // 2
   t = (np.arange(-100, 250)) * 2.0
   offsets = (onsets[k - 1:k + 2] - onsets[k]) * 2.0
-  want = sim.derive_limb_leads(
-      sim._render8(jnp.asarray(t), f, jnp.asarray(offsets)).T)
+  want = sim._render(jnp.asarray(t), f, jnp.asarray(offsets))
   got = np.asarray(s['clean'])[onsets[k] - 100:onsets[k] + 250]
   np.testing.assert_allclose(got, want, atol=1e-4)
 

@@ -251,6 +251,27 @@ class VAELossTest(absltest.TestCase):
     for value in summary.values():
       self.assertIsInstance(value, float)
 
+  def test_sharded_batch_matches_single_device(self):
+    if jax.device_count() < 8:
+      self.skipTest('needs 8 devices (tests/conftest.py forces 8 on CPU)')
+    mesh = jax.make_mesh(
+        (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    ecg = jnp.concatenate([self.ecg] * 3)[:8]
+    batch = {'ecg': ecg, 'mask': jnp.array([1.0] * 6 + [0.0] * 2)}
+    loss_fn = functools.partial(losses.vae_loss, model=self.model)
+    single = jax.jit(loss_fn)(self.params, batch, self.rng)
+    with jax.set_mesh(mesh):
+      sharded = jax.jit(loss_fn)(
+          self.params, jax.device_put(batch, rows), self.rng
+      )
+    np.testing.assert_allclose(sharded[0], single[0], rtol=1e-5)
+    for name in single[1]:
+      np.testing.assert_allclose(
+          sharded[1][name], single[1][name], rtol=1e-5, err_msg=name
+      )
+
   def test_task_registry(self):
     task = losses.TASKS['vae']
     self.assertIs(task.loss_fn, losses.vae_loss)

@@ -1,0 +1,158 @@
+"""End-to-end tests of the analysis modes on a tiny trained run (8 CPUs)."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from factorecg_jax import runs
+from factorecg_jax.analysis import factors as factors_lib
+from factorecg_jax.data import sources
+from factorecg_jax.training import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config(name: str, arg: str | None = None):
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """configs/demo.py:tiny trained for its 4 steps, inputs normalised."""
+  name = 'jax_disable_most_optimizations'
+  old = jax.config.values[name]
+  jax.config.update(name, True)
+  config = _load_config('demo', 'tiny')
+  # Per-lead normalisation exercises the de-normalised decoder outputs.
+  config.data.normalization = 'per_lead'
+  # The analysis asks for these fields; training with them too lets both
+  # share one compiled simulator.
+  config.data.extra_keys = ('factors', 'labels')
+  config.analysis.kl_threshold = 0.02
+  config.analysis.record_index = 5
+  config.analysis.interventions = False  # covered by their own tests
+  config.analysis.update(metrics_num_train=100, metrics_num_test=100)
+  workdir = str(tmp_path_factory.mktemp('tiny_vae_run'))
+  state = train.train_and_evaluate(config, workdir)
+  yield dict(config=config, workdir=workdir, params=state.params)
+  jax.config.update(name, old)
+
+
+def _validation_beats(config, n):
+  """The analysis split's records in mV, read like the pipeline reads them."""
+  return sources.simulate_batch(
+      config.data.seed, 'validation', np.arange(n), mode=config.data.mode,
+      fields=('beat', 'factors', 'labels'), max_chunk=32)
+
+
+def test_restore_model(run):
+  model, params = runs.restore_model(run['config'], run['workdir'])
+  assert model.latents == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               jax.device_get(run['params']))
+
+
+def test_restore_errors(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    runs.restore_model(run['config'], str(tmp_path))
+  other = ml_collections.ConfigDict(run['config'].to_dict())
+  other.model.latents = 5
+  with pytest.raises(ValueError, match='latents'):
+    runs.restore_model(other, run['workdir'])
+
+
+def test_encode_mode(run, capsys):
+  config, workdir = run['config'], run['workdir']
+  summary = runs.encode_mode(config, workdir)
+  folder = os.path.join(workdir, 'factors')
+  saved = factors_lib.load_factors(
+      os.path.join(folder, 'factors_validation.npz'))
+  assert saved['mu'].shape == (64, 4) and saved['sd'].shape == (64, 4)
+  np.testing.assert_array_equal(saved['ids'], np.arange(64))
+  assert saved['factors'].shape == (64, 14)
+  assert saved['labels'].shape == (64, 16)
+  assert int(saved['step']) == 4
+
+  # The factors are the encoder's outputs on the normalised records.
+  records = _validation_beats(config, 64)
+  np.testing.assert_array_equal(saved['factors'], records['factors'])
+  normalizer = runs.load_normalizer(workdir)
+  assert normalizer.kind == 'per_lead'
+  model, params = runs.restore_model(config, workdir)
+  mu, sd = model.apply({'params': params}, normalizer(records['beat']),
+                       method='encode')
+  np.testing.assert_allclose(saved['mu'], mu, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(saved['sd'], sd, rtol=1e-4, atol=1e-5)
+
+  kl = factors_lib.kl_per_dim(saved['mu'], saved['sd'])
+  np.testing.assert_allclose(saved['kl_per_dim'], kl)
+  want = [d for d in np.argsort(-kl) if kl[d] > 0.02]
+  assert summary['active_factors'] == want
+  assert summary['num_active'] == len(want)
+  with open(os.path.join(folder, 'summary.json')) as f:
+    assert json.load(f)['active_factors'] == want
+  assert f'{len(want)} of 4 factors active' in capsys.readouterr().out
+  with open(os.path.join(folder, 'factors_validation.csv'), newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 64 and 'true_qrs_dur' in rows[0]
+  assert os.path.getsize(os.path.join(folder, 'kl_per_dim.png')) > 0
+
+
+def test_traverse_mode(run):
+  config, workdir = run['config'], run['workdir']
+  config.analysis.kl_threshold = 0.0  # every factor, whatever training did
+  try:
+    summary = runs.traverse_mode(config, workdir)
+  finally:
+    config.analysis.kl_threshold = 0.02
+  folder = os.path.join(workdir, 'traversals')
+  arrays = factors_lib.load_factors(os.path.join(folder, 'traversals.npz'))
+  sds = tuple(config.analysis.traversal_sds)
+  assert arrays['population'].shape == (4, len(sds), 600, 12)
+  assert arrays['individual'].shape == (4, len(sds), 600, 12)
+  assert sorted(summary['dims']) == [0, 1, 2, 3]
+  for d in summary['dims']:
+    assert os.path.getsize(os.path.join(folder, f'factor_{d:02d}.png')) > 0
+  for name in ('all_active_factors.png', 'record_5_factors.png'):
+    assert os.path.getsize(os.path.join(folder, name)) > 0
+
+  # Step 0 SD decodes the population mean / the record's factors, in mV.
+  saved = factors_lib.load_factors(
+      os.path.join(workdir, 'factors', 'factors_validation.npz'))
+  model, params = runs.restore_model(config, workdir)
+  normalizer = runs.load_normalizer(workdir)
+  zero = sds.index(0.0)
+  for start, traversal in ((saved['mu'].mean(0), 'population'),
+                           (saved['mu'][5], 'individual')):
+    beat, _ = model.apply({'params': params}, start[None].astype(np.float32),
+                          method='decode')
+    beat = normalizer.denormalize(np.asarray(beat))[0]
+    for i in range(4):
+      np.testing.assert_allclose(arrays[traversal][i, zero], beat, atol=1e-4)
+  # Population SD units: the +3 SD latent is 3 SDs of mu from the mean.
+  np.testing.assert_allclose(arrays['scale'], saved['mu'].std(0), rtol=1e-6)
+
+
+def test_evaluate_mode(run):
+  result = runs.evaluate_mode(run['config'], run['workdir'])
+  folder = os.path.join(run['workdir'], 'disentanglement')
+  with open(os.path.join(folder, 'metrics.json')) as f:
+    saved = json.load(f)
+  assert saved['settings']['num_train'] == 100
+  assert saved['settings']['num_test'] == 100
+  for key in ('mig', 'dci_disentanglement', 'sap', 'active_units'):
+    assert np.isfinite(saved['scores'][key]), key
+  assert 'beta_vae_eval_accuracy' not in saved['scores']
+  assert saved['scores'] == result['scores']
+  mats = np.load(os.path.join(folder, 'matrices.npz'))
+  assert mats['mutual_info'].shape[0] == 4  # one row per latent
