@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       decoder_transpose=False,  # ecgxai 0.1.1 builds ordinary convolutions
   ))
   # Passed to the task's loss/eval functions.
-  config.loss = ml_collections.ConfigDict(dict(beta=32.0))
+  config.loss = ml_collections.ConfigDict(dict(
+      beta=32.0,
+      fixed_sd=0.0,  # > 0: fixed output sd (mV) instead of the sd head
+  ))
 
   config.data = input_pipeline.default_data_config()
   config.data.num_train = 100_000
@@ -80,20 +83,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       intervention_num_variance_estimate=10_000,
   ))
 
-  if arg == 'tiny':  # seconds on CPU; for tests
-    config.model.update(latents=4, channels=8, depth=2, kernel_size=3,
-                        reduced_size=8, decoder_in_channels=4, head='conv',
-                        padding='left')
-    config.data.update(num_train=256, num_eval=64, prefetch=0,
-                       normalization_records=64)
-    config.train.update(batch_size=16, num_steps=4, log_every=2,
-                        eval_every=4, checkpoint_every=2,
-                        eval_batch_size=32)
-    config.analysis.update(num_records=64, metrics_num_train=200,
-                           metrics_num_test=100, intervention_batch_size=8,
-                           intervention_num_train=40,
-                           intervention_num_eval=40,
-                           intervention_num_variance_estimate=128)
+  if arg == 'tiny':
+    shrink_to_tiny(config)
   elif arg:
     raise ValueError(f'unknown config variant {arg!r} (known: tiny)')
   return config
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+  """Seconds-long sizes for tests (shared by every config's `:tiny`)."""
+  config.model.update(latents=4, channels=8, depth=2, kernel_size=3,
+                      reduced_size=8, decoder_in_channels=4, head='conv',
+                      padding='left')
+  config.data.update(num_train=256, num_eval=64, prefetch=0,
+                     normalization_records=64)
+  config.train.update(batch_size=16, num_steps=4, log_every=2, eval_every=4,
+                      checkpoint_every=2, eval_batch_size=32)
+  config.optim.warmup_steps = 0
+  config.analysis.update(num_records=64, metrics_num_train=200,
+                         metrics_num_test=100, intervention_batch_size=8,
+                         intervention_num_train=40, intervention_num_eval=40,
+                         intervention_num_variance_estimate=128)

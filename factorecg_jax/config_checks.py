@@ -25,6 +25,7 @@ _CHOICES = {
     'model.padding': ('chomp', 'left'),
     'train.dtype': ('float32', 'bfloat16'),
     'simulate.mode': ('uniform', 'realistic'),
+    'analysis.traversal_scale': ('population', 'prior'),
 }
 _POSITIVE = ('train.batch_size', 'train.num_steps', 'train.log_every',
              'train.eval_batch_size', 'optim.lr', 'data.num_train',
@@ -33,6 +34,7 @@ _POSITIVE = ('train.batch_size', 'train.num_steps', 'train.log_every',
 _NON_NEGATIVE = ('train.eval_every', 'train.checkpoint_every',
                  'train.keep_checkpoints', 'optim.grad_clip_norm',
                  'optim.weight_decay', 'optim.warmup_steps', 'loss.beta',
+                 'loss.fixed_sd',
                  'data.num_eval', 'analysis.kl_threshold')
 
 

@@ -113,6 +113,12 @@ def _batch_mask(batch: Batch) -> jax.Array:
   return jnp.ones(batch['ecg'].shape[:1], jnp.float32)
 
 
+def _output_sd(aux: Mapping[str, jax.Array], fixed_sd: float) -> jax.Array:
+  if fixed_sd > 0:
+    return jnp.full_like(aux['recon_mean'], fixed_sd)
+  return aux['recon_sd']
+
+
 def vae_loss(
     params: Params,
     batch: Batch,
@@ -124,6 +130,7 @@ def vae_loss(
     nan_fill: float = NAN_FILL,
     mu_clip: float = MU_CLIP,
     sd_clip: tuple[float, float] = SD_CLIP,
+    fixed_sd: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """FactorECG training loss: mean NLL + beta * mean KL over real rows.
 
@@ -142,6 +149,10 @@ def vae_loss(
     nan_fill: replaces NaNs in the decoder outputs, as ecgxai.
     mu_clip: bound on |mu| inside the KL.
     sd_clip: bounds on the posterior sd inside the KL.
+    fixed_sd: if > 0, the likelihood uses this output sd (mV) instead of the
+      decoder's sd head: a scaled MSE. The learned-sd likelihood of the paper
+      first shrinks the sd where the beat is flat and learns the mean slowly;
+      short CPU runs (configs/demo.py) fit the mean far sooner this way.
 
   Returns:
     `(loss, metrics)`: scalar loss; metrics 'nll', 'kl' (summed over
@@ -153,7 +164,8 @@ def vae_loss(
   _, aux = model.apply(
       {'params': params}, x, sample=sample, rngs={'sample': rng}
   )
-  nll = gaussian_nll(x, aux['recon_mean'], aux['recon_sd'], nan_fill=nan_fill)
+  nll = gaussian_nll(x, aux['recon_mean'], _output_sd(aux, fixed_sd),
+                     nan_fill=nan_fill)
   kl = jnp.sum(
       gaussian_kl(aux['mu'], aux['sd'], mu_clip=mu_clip, sd_clip=sd_clip),
       axis=1,
@@ -185,6 +197,7 @@ def vae_eval(
     nan_fill: float = NAN_FILL,
     mu_clip: float = MU_CLIP,
     sd_clip: tuple[float, float] = SD_CLIP,
+    fixed_sd: float = 0.0,
 ) -> dict[str, jax.Array]:
   """Per-example VAE evaluation with z = mu (deterministic).
 
@@ -198,16 +211,22 @@ def vae_eval(
     nan_fill: replaces NaNs in the decoder outputs.
     mu_clip: bound on |mu| inside the KL.
     sd_clip: bounds on the posterior sd inside the KL.
+    fixed_sd: if > 0, the likelihood uses this output sd (mV) instead of the
+      decoder's sd head: a scaled MSE. The learned-sd likelihood of the paper
+      first shrinks the sd where the beat is flat and learns the mean slowly;
+      short CPU runs (configs/demo.py) fit the mean far sooner this way.
 
   Returns:
     dict of per-example float32 arrays: 'loss', 'nll', 'kl', 'mse' [batch];
     'kl_per_dim', 'mu', 'mu_sq' [batch, latents] (their means give the
-    per-dimension KL and Var(mu) = E[mu^2] - E[mu]^2).
+    per-dimension KL and Var(mu) = E[mu^2] - E[mu]^2); 'x', 'x_sq'
+    [batch, 600, 12] (their means give the data variance of R^2).
   """
   del sample
   x = batch['ecg']
   _, aux = model.apply({'params': params}, x, sample=False)
-  nll = gaussian_nll(x, aux['recon_mean'], aux['recon_sd'], nan_fill=nan_fill)
+  nll = gaussian_nll(x, aux['recon_mean'], _output_sd(aux, fixed_sd),
+                     nan_fill=nan_fill)
   kl_per_dim = gaussian_kl(
       aux['mu'], aux['sd'], mu_clip=mu_clip, sd_clip=sd_clip
   )
@@ -224,6 +243,8 @@ def vae_eval(
       kl_per_dim=kl_per_dim,
       mu=mu,
       mu_sq=jnp.square(mu),
+      x=x.astype(jnp.float32),
+      x_sq=jnp.square(x.astype(jnp.float32)),
   )
 
 
@@ -246,13 +267,19 @@ def vae_summarize(
     kl_threshold: mean KL (nats) above which a latent counts as active.
 
   Returns:
-    {'mse', 'nll', 'kl', 'active_units', 'active_units_kl',
-    'kl_dim_00', 'kl_dim_01', ...}: floats.
+    {'mse', 'nll', 'kl', 'r2', 'active_units', 'active_units_kl',
+    'kl_dim_00', 'kl_dim_01', ...}: floats. 'r2' = 1 - mse / Var(x), the
+    variance of the data around its per-(sample, lead) mean: the share of
+    the held-out ECGs' variance the reconstruction (z = mu) explains.
   """
   kl_per_dim = np.asarray(means['kl_per_dim'], np.float64)
   mu = np.asarray(means['mu'], np.float64)
   var_mu = np.asarray(means['mu_sq'], np.float64) - np.square(mu)
   out = {k: float(means[k]) for k in ('mse', 'nll', 'kl') if k in means}
+  if 'x' in means and 'x_sq' in means and 'mse' in means:
+    var_x = np.mean(np.asarray(means['x_sq'], np.float64)
+                    - np.square(np.asarray(means['x'], np.float64)))
+    out['r2'] = float(1.0 - means['mse'] / var_x)
   out['active_units'] = float(np.sum(var_mu > var_threshold))
   out['active_units_kl'] = float(np.sum(kl_per_dim > kl_threshold))
   for i, value in enumerate(kl_per_dim):

@@ -431,9 +431,11 @@ def train_and_evaluate(
     )
     writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
     writer.flush()
+    # Per-dimension metrics (e.g. kl_dim_07) go to metrics.jsonl only.
     logging.info(
         'eval step %d: %s', step,
-        ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())),
+        ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())
+                  if '_dim_' not in k),
     )
 
   step = start_step

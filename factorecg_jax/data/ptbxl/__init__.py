@@ -1,0 +1,1 @@
+"""The `ptbxl` TFDS data set: PTB-XL 12-lead ECGs with median beats."""

@@ -1,0 +1,379 @@
+"""TFDS builder `ptbxl`: PTB-XL 12-lead ECGs with computed median beats.
+
+Nothing is downloaded: the user puts PTB-XL (PhysioNet, v1.0.3) into the
+manual directory, then builds as ArrayRecord without TensorFlow:
+
+  builder = Builder(config='default', data_dir=data_dir,
+                    file_format='array_record')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=ptbxl_root))
+  source = tfds.data_source('ptbxl/default', split='train', data_dir=data_dir)
+
+Splits follow the PTB-XL benchmark: strat_fold 1-8 train, 9 validation,
+10 test. Bad records are skipped and listed in `skipped_records.tsv` in the
+data set folder (see `factorecg_jax.data.ingest`).
+"""
+
+import ast
+import dataclasses
+import os
+from typing import Any, Iterator
+
+from etils import epath
+import numpy as np
+import pandas as pd
+import tensorflow_datasets as tfds
+
+from factorecg_jax.data import ingest
+from factorecg_jax.data import median_beat
+
+# The 71 SCP-ECG statements of PTB-XL's scp_statements.csv (44 diagnostic,
+# 19 form, 12 rhythm; four are both diagnostic and form), the order of the
+# 'labels' vector. Codes of a user's CSV outside this list are dropped with a
+# warning.
+SCP_CODES = (
+    'NDT', 'NST_', 'DIG', 'LNGQT', 'NORM', 'IMI', 'ASMI', 'LVH', 'LAFB',
+    'ISC_', 'IRBBB', '1AVB', 'IVCD', 'ISCAL', 'CRBBB', 'CLBBB', 'ILMI',
+    'LAO/LAE', 'AMI', 'ALMI', 'ISCIN', 'INJAS', 'LMI', 'ISCIL', 'LPFB',
+    'ISCAS', 'INJAL', 'ISCLA', 'RVH', 'ANEUR', 'RAO/RAE', 'EL', 'WPW',
+    'ILBBB', 'IPLMI', 'ISCAN', 'IPMI', 'SEHYP', 'INJIN', 'INJLA', 'PMI',
+    '3AVB', 'INJIL', '2AVB', 'ABQRS', 'PVC', 'STD_', 'VCLVH', 'QWAVE',
+    'LOWT', 'NT_', 'PAC', 'LPR', 'INVT', 'LVOLT', 'HVOLT', 'TAB_', 'STE_',
+    'PRC(S)', 'SR', 'AFIB', 'STACH', 'SARRH', 'SBRAD', 'PACE', 'SVARR',
+    'BIGU', 'AFLT', 'SVTAC', 'PSVT', 'TRIGU',
+)
+SUPERCLASSES = ('NORM', 'MI', 'STTC', 'CD', 'HYP')
+# strat_fold -> split, as in the PTB-XL benchmark (Strodthoff et al. 2021).
+SPLIT_FOLDS = {
+    'train': (1, 2, 3, 4, 5, 6, 7, 8),
+    'validation': (9,),
+    'test': (10,),
+}
+DATABASE_COLUMNS = ('ecg_id', 'patient_id', 'age', 'sex', 'scp_codes',
+                    'strat_fold', 'filename_lr', 'filename_hr')
+STATEMENT_COLUMNS = ('diagnostic', 'diagnostic_class')
+# Largest shift (samples) when aligning a PTB-XL+ median beat to ours.
+_PLUS_MAX_LAG = 100
+
+
+@dataclasses.dataclass
+class PtbxlConfig(tfds.core.BuilderConfig):
+  """How PTB-XL is read.
+
+  Attributes:
+    sampling_rate: 500 (records500, filename_hr) or 100 (filename_lr); the
+      stored median beat is always at 500 Hz.
+    duration_s: stored strip length; longer records are cropped.
+    with_strip: also store the strip [duration_s * sampling_rate, 12].
+    median_beats: 'computed' (from the strip) or 'ptbxl_plus' (the PTB-XL+
+      median beat where its file exists, else computed; 'beat_source' says
+      which).
+    ptbxl_plus_dir: PTB-XL+ root, relative to the manual directory (or
+      absolute).
+    ptbxl_plus_pattern: a PTB-XL+ median beat record (WFDB, no extension)
+      under ptbxl_plus_dir; formatted with ecg_id and folder (ecg_id
+      rounded down to thousands, as PTB-XL's records500/<folder>/).
+    batch_size: records per median-beat extraction call.
+    strict: raise on the first bad record instead of skipping it.
+  """
+
+  sampling_rate: int = 500
+  duration_s: float = 10.0
+  with_strip: bool = True
+  median_beats: str = 'computed'
+  ptbxl_plus_dir: str = 'ptb-xl-plus'
+  ptbxl_plus_pattern: str = 'median_beats/12sl/{ecg_id:05d}_medians'
+  batch_size: int = 64
+  strict: bool = False
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """DatasetBuilder for ptbxl."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      PtbxlConfig(
+          name='default',
+          description='500 Hz strips, median beats computed from them.',
+      ),
+      PtbxlConfig(
+          name='ptbxl_plus',
+          description='Median beats from PTB-XL+ (12SL) where present.',
+          median_beats='ptbxl_plus',
+      ),
+      PtbxlConfig(
+          name='lr',
+          description='100 Hz strips (records100), median beats at 500 Hz.',
+          sampling_rate=100,
+      ),
+  ]
+  DEFAULT_CONFIG_NAME = 'default'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download PTB-XL v1.0.3 from https://physionet.org/content/ptb-xl/1.0.3/
+  (e.g. `wget -r -N -c -np https://physionet.org/files/ptb-xl/1.0.3/`) and
+  pass the folder holding ptbxl_database.csv, scp_statements.csv and
+  records500/ as the manual directory. For the `ptbxl_plus` config, also put
+  PTB-XL+ (https://physionet.org/content/ptb-xl-plus/) into
+  <manual_dir>/ptb-xl-plus/.
+  """
+  # As in synthetic_ecg: name this folder directly for README/CITATIONS.
+  pkg_dir_path = epath.Path(__file__).parent
+  code_path = epath.Path(__file__)
+
+  def __init__(
+      self,
+      *,
+      batch_size: int | None = None,
+      strict: bool | None = None,
+      **kwargs,
+  ):
+    """As GeneratorBasedBuilder; batch_size/strict override the config's.
+
+    Neither changes the stored records (strict only stops at a bad one), so
+    they are run options rather than parts of the config name.
+    """
+    super().__init__(**kwargs)
+    config = self.builder_config
+    self._batch_size = batch_size or config.batch_size
+    self._strict = config.strict if strict is None else strict
+
+  def _num_samples(self) -> int:
+    config = self.builder_config
+    return int(round(config.duration_s * config.sampling_rate))
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    features = {
+        'id': tfds.features.Text(doc='ecg_id as text.'),
+        'ecg_id': tfds.features.Scalar(np.int32, doc='PTB-XL ecg_id.'),
+        'patient_id': tfds.features.Scalar(np.int32),
+        'age': tfds.features.Scalar(np.float32, doc='Years, NaN if unknown.'),
+        'sex': tfds.features.Scalar(
+            np.int32, doc='0 male, 1 female, -1 unknown.'
+        ),
+        'strat_fold': tfds.features.Scalar(np.int32),
+        'beat': tfds.features.Tensor(
+            shape=(median_beat.BEAT_LEN, 12), dtype=np.float32,
+            doc='Median beat [600, 12], mV, 500 Hz, QRS onset at 200.',
+        ),
+        'beat_source': tfds.features.Scalar(
+            np.int32, doc='0 computed, 1 PTB-XL+.'
+        ),
+        'qrs_onset': tfds.features.Scalar(np.int32),
+        'num_beats': tfds.features.Scalar(np.int32),
+        'labels': tfds.features.Tensor(
+            shape=(len(SCP_CODES),), dtype=np.bool_,
+            doc='Multi-hot SCP statements, SCP_CODES order.',
+        ),
+        'superclass': tfds.features.Tensor(
+            shape=(len(SUPERCLASSES),), dtype=np.bool_,
+            doc='Multi-hot diagnostic superclasses, SUPERCLASSES order.',
+        ),
+    }
+    if config.with_strip:
+      features['strip'] = tfds.features.Tensor(
+          shape=(self._num_samples(), 12), dtype=np.float32,
+          doc=f'Signal [n, 12], mV, {config.sampling_rate} Hz.',
+      )
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=None,
+        disable_shuffling=True,
+        homepage='https://physionet.org/content/ptb-xl/1.0.3/',
+        metadata=tfds.core.MetadataDict(
+            leads=list(ingest.LEADS),
+            scp_codes=list(SCP_CODES),
+            superclasses=list(SUPERCLASSES),
+            split_folds={k: list(v) for k, v in SPLIT_FOLDS.items()},
+            sampling_rate_hz=config.sampling_rate,
+        ),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    """Returns SplitGenerators."""
+    root = os.fspath(dl_manager.manual_dir)
+    database, superclass_of = read_metadata(root)
+    self._report = ingest.SkippedRecords(strict=self._strict)
+    return {
+        split: self._generate_examples(
+            split, root, database[database.strat_fold.isin(folds)],
+            superclass_of,
+        )
+        for split, folds in SPLIT_FOLDS.items()
+    }
+
+  def _items(self, root: str, rows: pd.DataFrame) -> Iterator[ingest.Item]:
+    column = 'filename_hr' if self.builder_config.sampling_rate == 500 else (
+        'filename_lr')
+    for row in rows.itertuples(index=False):
+      path = os.path.join(root, str(getattr(row, column)))
+      yield ingest.Item(
+          str(row.ecg_id),
+          lambda path=path: ingest.read_wfdb(path),
+          row,
+      )
+
+  def _generate_examples(
+      self, split: str, root: str, rows: pd.DataFrame,
+      superclass_of: dict[str, str],
+  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (ecg_id, example) for the records of `rows`."""
+    config = self.builder_config
+    report = self._report
+    code_index = {c: i for i, c in enumerate(SCP_CODES)}
+    for item, strip, out in ingest.ingest(
+        self._items(root, rows),
+        split=split,
+        report=report,
+        fs=config.sampling_rate,
+        num_samples=self._num_samples(),
+        batch_size=self._batch_size,
+    ):
+      row = item.meta
+      beat, source = out['beat'], 0
+      if config.median_beats == 'ptbxl_plus':
+        try:
+          plus = read_plus_beat(root, config, int(row.ecg_id))
+        except ingest.RecordError as e:
+          report.read[split] -= 1
+          report.skip(item.record_id, split, e)
+          continue
+        if plus is not None:
+          beat, source = align_beat(plus, beat), 1
+      codes = parse_scp_codes(row.scp_codes)
+      labels = np.zeros(len(SCP_CODES), np.bool_)
+      labels[[code_index[c] for c in codes if c in code_index]] = True
+      supers = {superclass_of[c] for c in codes if c in superclass_of}
+      example = {
+          'id': item.record_id,
+          'ecg_id': int(row.ecg_id),
+          'patient_id': int(row.patient_id) if pd.notna(row.patient_id)
+                        else -1,
+          'age': float(row.age) if pd.notna(row.age) else float('nan'),
+          'sex': int(row.sex) if pd.notna(row.sex) else -1,
+          'strat_fold': int(row.strat_fold),
+          'beat': beat,
+          'beat_source': source,
+          'qrs_onset': out['qrs_onset'],
+          'num_beats': out['num_beats'],
+          'labels': labels,
+          'superclass': np.array([s in supers for s in SUPERCLASSES]),
+      }
+      if config.with_strip:
+        example['strip'] = strip
+      yield int(row.ecg_id), example
+    report.write(self.data_dir)
+    report.warn(f'ptbxl/{config.name} {split}')
+
+
+def parse_scp_codes(text: str) -> list[str]:
+  """Codes of a scp_codes cell ("{'NORM': 100.0, 'SR': 0.0}"), any likelihood.
+
+  Parsed with `ast.literal_eval` (literals only, never code).
+  """
+  try:
+    value = ast.literal_eval(str(text))
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f'scp_codes: cannot parse {text!r}') from e
+  if not isinstance(value, dict):
+    raise ValueError(f'scp_codes: not a dict: {text!r}')
+  return [str(k) for k in value]
+
+
+def read_metadata(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
+  """Reads and validates ptbxl_database.csv and scp_statements.csv.
+
+  Returns:
+    (database with DATABASE_COLUMNS, {SCP code: diagnostic superclass}).
+
+  Raises:
+    ValueError naming the file and column that is missing or malformed.
+  """
+  path = os.path.join(root, 'ptbxl_database.csv')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {root} a PTB-XL folder?')
+  database = pd.read_csv(path)
+  for column in DATABASE_COLUMNS:
+    if column not in database.columns:
+      raise ValueError(f'ptbxl_database.csv: missing column {column!r}.')
+  for column in ('ecg_id', 'strat_fold'):
+    values = pd.to_numeric(database[column], errors='coerce')
+    if values.isna().any() or (values % 1 != 0).any():
+      raise ValueError(f'ptbxl_database.csv: column {column!r} must hold '
+                       'whole numbers in every row.')
+    database[column] = values.astype(int)
+  for column in ('patient_id', 'age', 'sex'):
+    values = pd.to_numeric(database[column], errors='coerce')
+    if (values.isna() & database[column].notna()).any():
+      raise ValueError(f'ptbxl_database.csv: column {column!r} is not '
+                       'numeric.')
+    database[column] = values
+  if database.ecg_id.duplicated().any():
+    raise ValueError('ptbxl_database.csv: column ecg_id has duplicates.')
+  for text in database.scp_codes:
+    try:
+      parse_scp_codes(text)
+    except ValueError as e:
+      raise ValueError(f'ptbxl_database.csv: column scp_codes: {e}') from e
+  path = os.path.join(root, 'scp_statements.csv')
+  statements = pd.read_csv(path, index_col=0)
+  for column in STATEMENT_COLUMNS:
+    if column not in statements.columns:
+      raise ValueError(f'scp_statements.csv: missing column {column!r}.')
+  diagnostic = statements[statements.diagnostic == 1]
+  superclass_of = {
+      str(code): str(cls)
+      for code, cls in diagnostic.diagnostic_class.items()
+      if cls in SUPERCLASSES
+  }
+  unknown = sorted(set(map(str, statements.index)) - set(SCP_CODES))
+  if unknown:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('scp_statements.csv: codes outside SCP_CODES are not '
+                    'stored in labels: %s', unknown)
+  return database.sort_values('ecg_id'), superclass_of
+
+
+def read_plus_beat(
+    root: str, config: PtbxlConfig, ecg_id: int
+) -> np.ndarray | None:
+  """The PTB-XL+ median beat [600, 12] of a record, None if it has none.
+
+  Raises:
+    RecordError('bad_median_beat') for a present but unusable file.
+  """
+  pattern = config.ptbxl_plus_pattern.format(
+      ecg_id=ecg_id, folder=ecg_id // 1000 * 1000
+  )
+  path = os.path.join(root, config.ptbxl_plus_dir, pattern)
+  if not os.path.exists(path + '.hea'):
+    return None
+  try:
+    signal = ingest.read_wfdb(path)
+    return ingest.standardize(
+        signal, fs=median_beat.FS, num_samples=median_beat.BEAT_LEN
+    )
+  except ingest.RecordError as e:
+    raise ingest.RecordError(
+        'bad_median_beat', f'PTB-XL+: {e.reason} {e.detail}'.strip()
+    ) from e
+
+
+def align_beat(beat: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """Shifts `beat` [600, 12] to best match `reference` [600, 12].
+
+  PTB-XL+ beats have their own fiducial position; matching them to the
+  computed beat (QRS onset at 200) by cross-correlation over all leads
+  (shifts up to `_PLUS_MAX_LAG` samples, edges padded with the edge value)
+  keeps every stored beat aligned the same way.
+  """
+  n = beat.shape[0]
+  padded = np.pad(beat, ((_PLUS_MAX_LAG, _PLUS_MAX_LAG), (0, 0)), 'edge')
+  lags = np.arange(-_PLUS_MAX_LAG, _PLUS_MAX_LAG + 1)
+  scores = [
+      np.sum(padded[_PLUS_MAX_LAG - lag:_PLUS_MAX_LAG - lag + n] * reference)
+      for lag in lags
+  ]
+  lag = lags[int(np.argmax(scores))]
+  return padded[_PLUS_MAX_LAG - lag:_PLUS_MAX_LAG - lag + n].astype(np.float32)
