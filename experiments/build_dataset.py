@@ -7,7 +7,7 @@ which is not a dependency here, so this script stands in for it:
       --manual_dir=~/data/ptb-xl/1.0.3 --data_dir=~/tensorflow_datasets
 
   python experiments/build_dataset.py --dataset=ecg_folder \
-      --config=my_cohort --manual_dir=~/cohort --data_dir=~/tensorflow_datasets \
+      --config=my_cohort --manual_dir=~/cohort --data_dir=~/tfds \
       --folder_format=npz --sampling_rate=250 --label_columns=lvef_low \
       --survival
 

@@ -238,7 +238,9 @@ def standardize(
   return data
 
 
-def quality_problem(quality: dict[str, np.ndarray], i: int) -> RecordError | None:
+def quality_problem(
+    quality: dict[str, np.ndarray], i: int
+) -> RecordError | None:
   """The first quality problem of record i of an extraction, if any."""
   flat = np.flatnonzero(quality['flat_leads'][i])
   if flat.size:

@@ -19,6 +19,7 @@ import dataclasses
 import os
 from typing import Any, Iterator
 
+from absl import logging
 from etils import epath
 import numpy as np
 import pandas as pd
@@ -329,7 +330,6 @@ def read_metadata(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
   }
   unknown = sorted(set(map(str, statements.index)) - set(SCP_CODES))
   if unknown:
-    from absl import logging  # pylint: disable=g-import-not-at-top
     logging.warning('scp_statements.csv: codes outside SCP_CODES are not '
                     'stored in labels: %s', unknown)
   return database.sort_values('ecg_id'), superclass_of
