@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.update(lr=2e-3, schedule='cosine', warmup_steps=50)
   config.train.update(batch_size=64, num_epochs=0, num_steps=1200,
                       log_every=100, eval_every=600, checkpoint_every=600,
-                      eval_batch_size=250)
+                      eval_batch_size=256)
   # Intervention metrics: a tenth of disentanglement_lib's standard sizes
   # (batch 64 x 300 train / 200 eval points) to keep the demo in minutes.
   config.analysis.update(num_records=1000, metrics_num_train=2000,

@@ -63,12 +63,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     present, value = _get(config, path)
     if present and not (isinstance(value, (int, float)) and value >= 0):
       problems.append(f'--config.{path}={value!r}: must be >= 0')
-  present, batch = _get(config, 'train.batch_size')
-  if present and isinstance(batch, int) and batch > 0:
-    import jax  # pylint: disable=g-import-not-at-top
-    if batch % jax.device_count():
-      problems.append(
-          f'--config.train.batch_size={batch}: the global batch must divide '
-          f'by the {jax.device_count()} devices')
+  for field in ('train.batch_size', 'train.eval_batch_size'):
+    present, batch = _get(config, field)
+    if present and isinstance(batch, int) and batch > 0:
+      import jax  # pylint: disable=g-import-not-at-top
+      if batch % jax.device_count():
+        problems.append(
+            f'--config.{field}={batch}: the global batch must divide by the '
+            f'{jax.device_count()} devices')
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
