@@ -85,6 +85,22 @@ class Signal:
   leads: tuple[str, ...]
 
 
+def run_options(config: Any, batch_size: int | None,
+                strict: bool | None) -> tuple[int, bool]:
+  """A builder's (batch_size, strict): arguments override the config's.
+
+  Neither changes the stored records (strict only stops at a bad one), so
+  they are run options rather than parts of the builder config's name.
+  """
+  return (batch_size or config.batch_size,
+          config.strict if strict is None else strict)
+
+
+def num_samples(config: Any) -> int:
+  """Stored strip length of a builder config (duration_s x sampling_rate)."""
+  return int(round(config.duration_s * config.sampling_rate))
+
+
 def canonical_lead(name: str) -> str | None:
   """Standard name of a lead ('AVR', 'avr', ' aVR ' -> 'aVR'), or None."""
   key = str(name).strip().upper().replace(' ', '').replace('-', '')

@@ -101,19 +101,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       strict: bool | None = None,
       **kwargs,
   ):
-    """As GeneratorBasedBuilder; batch_size/strict override the config's.
-
-    Neither changes the stored records (strict only stops at a bad one), so
-    they are run options rather than parts of the config name.
-    """
+    """As GeneratorBasedBuilder; see `ingest.run_options`."""
     super().__init__(**kwargs)
-    config = self.builder_config
-    self._batch_size = batch_size or config.batch_size
-    self._strict = config.strict if strict is None else strict
+    self._batch_size, self._strict = ingest.run_options(
+        self.builder_config, batch_size, strict)
 
   def _num_samples(self) -> int:
-    config = self.builder_config
-    return int(round(config.duration_s * config.sampling_rate))
+    return ingest.num_samples(self.builder_config)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
