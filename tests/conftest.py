@@ -8,3 +8,21 @@ os.environ['XLA_FLAGS'] = (
     + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='module')
+def fast_compile():
+  """Turns XLA optimisation passes off for one test module, then restores.
+
+  Compiling dominates the tests that use it; their arrays are tiny. Use with
+  `pytestmark = pytest.mark.usefixtures('fast_compile')`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  name = 'jax_disable_most_optimizations'
+  saved = jax.config.read(name)
+  jax.config.update(name, True)
+  yield
+  jax.config.update(name, saved)

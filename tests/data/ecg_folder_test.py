@@ -7,6 +7,7 @@ import tempfile
 
 from absl.testing import absltest
 import jax
+import pytest
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
@@ -15,7 +16,6 @@ from factorecg_jax.data import ingest
 from factorecg_jax.data import simulator
 from factorecg_jax.data.ecg_folder import ecg_folder_dataset_builder as efb
 
-_OPTIMIZATIONS = None
 _GOOD = ('g0', 'g1', 'g2', 'g3', 'g8lead')
 # One record per kind of problem, with the reason the report must give.
 _BAD = {
@@ -31,15 +31,12 @@ _BAD = {
 }
 
 
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
 def setUpModule():
-  global _OPTIMIZATIONS
-  _OPTIMIZATIONS = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
   tfds.disable_progress_bar()
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _OPTIMIZATIONS)
 
 
 def _write_cohort(root: str, records: dict) -> None:

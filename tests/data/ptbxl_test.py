@@ -5,6 +5,7 @@ import tempfile
 
 from absl.testing import absltest
 import jax
+import pytest
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
@@ -13,7 +14,6 @@ from factorecg_jax.data import ingest
 from factorecg_jax.data import simulator
 from factorecg_jax.data.ptbxl import ptbxl_dataset_builder as pb
 
-_OPTIMIZATIONS = None
 _FOLDS = {1: 1, 2: 3, 3: 8, 4: 9, 5: 10, 6: 10, 7: 2}  # ecg_id -> strat_fold
 _BAD_ID = 7  # its .dat file is missing
 _SCP = {
@@ -29,15 +29,12 @@ _SUPER = {1: {'NORM'}, 2: {'MI', 'HYP'}, 3: {'STTC'}, 4: {'CD'}, 5: set(),
           6: {'NORM', 'MI'}}
 
 
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
 def setUpModule():
-  global _OPTIMIZATIONS
-  _OPTIMIZATIONS = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
   tfds.disable_progress_bar()
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _OPTIMIZATIONS)
 
 
 def _write_ptbxl(root: str, records: dict) -> None:

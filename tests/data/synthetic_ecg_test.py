@@ -5,6 +5,7 @@ import tempfile
 
 from absl.testing import absltest
 import jax
+import pytest
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -14,19 +15,14 @@ from factorecg_jax.data import sources
 from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder
 
 _SPLITS = {'train': 16, 'validation': 8, 'test': 8}
-_OPTIMIZATIONS = None
+
+
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def setUpModule():
-  # Compiling the simulator dominates this file; the arrays are tiny.
-  global _OPTIMIZATIONS
-  _OPTIMIZATIONS = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
   tfds.disable_progress_bar()
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _OPTIMIZATIONS)
 
 
 def _build(data_dir: str) -> tfds.core.DatasetBuilder:

@@ -11,6 +11,7 @@ import functools
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -48,17 +49,9 @@ def _to_torch(x: np.ndarray):
   return torch.from_numpy(np.ascontiguousarray(x))
 
 
-_SAVED_OPT_FLAG = []
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
-
-def setUpModule():
-  # Compiling dominates at batch 2; unoptimised code is accurate and quick.
-  _SAVED_OPT_FLAG.append(jax.config.read('jax_disable_most_optimizations'))
-  jax.config.update('jax_disable_most_optimizations', True)
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _SAVED_OPT_FLAG.pop())
 
 @absltest.skipIf(ecgxai_encoder is None, 'needs torch and ecgxai (bench extra)')
 class EcgxaiParityTest(parameterized.TestCase):

@@ -6,6 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import flax.linen as nn
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -69,17 +70,9 @@ def _vae_count(latents, c, depth, k, reduced, dec_in, head, length=LENGTH):
   return enc + dec + 2 * dense(size, size)
 
 
-_SAVED_OPT_FLAG = []
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
-
-def setUpModule():
-  # Compiling is most of these tests' time; tiny shapes run fast regardless.
-  _SAVED_OPT_FLAG.append(jax.config.read('jax_disable_most_optimizations'))
-  jax.config.update('jax_disable_most_optimizations', True)
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _SAVED_OPT_FLAG.pop())
 
 class VAETest(parameterized.TestCase):
 

@@ -10,23 +10,16 @@ from unittest import mock
 
 from absl.testing import absltest
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
 from factorecg_jax.models import vae
 from factorecg_jax.training import losses
 
-_SAVED_OPT_FLAG = []
 
-
-def setUpModule():
-  # Compiling is most of these tests' time; tiny shapes run fast regardless.
-  _SAVED_OPT_FLAG.append(jax.config.read('jax_disable_most_optimizations'))
-  jax.config.update('jax_disable_most_optimizations', True)
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', _SAVED_OPT_FLAG.pop())
+# XLA optimisation passes off for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _has_module(name):
