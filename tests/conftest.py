@@ -18,7 +18,9 @@ def fast_compile():
   """Turns XLA optimisation passes off for one test module, then restores.
 
   Compiling dominates the tests that use it; their arrays are tiny. Use with
-  `pytestmark = pytest.mark.usefixtures('fast_compile')`.
+  `pytestmark = pytest.mark.usefixtures('fast_compile')` (whole module) or
+  `@pytest.mark.usefixtures('fast_compile')` on a class (from its first test
+  to the end of the module).
   """
   import jax  # pylint: disable=g-import-not-at-top
   name = 'jax_disable_most_optimizations'

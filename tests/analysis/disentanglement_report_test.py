@@ -6,6 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 import jax
+import pytest
 import numpy as np
 
 from factorecg_jax.analysis import disentanglement_report as report
@@ -100,19 +101,9 @@ class EvaluateRunTest(absltest.TestCase):
     self.assertTrue(out['names'][0].startswith('factor 0 ~ v0'))
 
 
+# XLA optimisation passes off (tests/conftest.py).
+@pytest.mark.usefixtures('fast_compile')
 class MakeEncodeFnTest(absltest.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    # Compiling the tiny CNN dominates; optimisation passes are not needed.
-    cls._saved_flag = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-
-  @classmethod
-  def tearDownClass(cls):
-    jax.config.update('jax_disable_most_optimizations', cls._saved_flag)
-    super().tearDownClass()
 
   def test_batched_encoder_matches_direct_apply(self):
     model = vae._TinyVAE()

@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 import jax
+import pytest
 import numpy as np
 
 from factorecg_jax.analysis import interventions as iv
@@ -98,19 +99,9 @@ class InterventionTest(absltest.TestCase):
     self.assertGreaterEqual(out['eval_accuracy'], 0.98)
 
 
+# XLA optimisation passes off (tests/conftest.py).
+@pytest.mark.usefixtures('fast_compile')
 class SimulatorTest(absltest.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    # Compiling the simulator dominates; optimisation passes are not needed.
-    cls._saved_flag = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-
-  @classmethod
-  def tearDownClass(cls):
-    jax.config.update('jax_disable_most_optimizations', cls._saved_flag)
-    super().tearDownClass()
 
   def test_oracle_on_simulator_scores_one(self):
     sample, render = iv.simulator_generator('uniform')

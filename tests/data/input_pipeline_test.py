@@ -3,6 +3,7 @@
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import pytest
 import ml_collections
 import numpy as np
 
@@ -288,19 +289,9 @@ class NormalizerTest(absltest.TestCase):
       input_pipeline.estimate_normalizer(ArraySource(4), 'minmax')
 
 
+# XLA optimisation passes off (tests/conftest.py).
+@pytest.mark.usefixtures('fast_compile')
 class SimulatedSourceTest(absltest.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    # Compiling the simulator dominates this class; the arrays are tiny.
-    cls._optimizations = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-
-  @classmethod
-  def tearDownClass(cls):
-    jax.config.update('jax_disable_most_optimizations', cls._optimizations)
-    super().tearDownClass()
 
   def test_get_datasets(self):
     config = ml_collections.ConfigDict(
