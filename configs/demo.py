@@ -5,10 +5,11 @@
   python -m factorecg_jax.main --config=configs/demo.py --workdir=runs/demo \
       --mode=demo
 
-Measured on the 2-core development machine: ~5 min (training ~3 min,
-reaching R^2 ~0.75 on held-out beats). It writes to the workdir: simulated-data summary (figures, tables), the
-training run (config.json, metrics.jsonl, checkpoints), factors of held-out
-records, traversal figures and disentanglement metrics. The model is the lean
+Measured on the 2-core development machine: ~6 min (training ~3.5 min,
+reaching R^2 ~0.95 on held-out noisy beats, whose noise alone caps R^2 at
+~0.98). It writes to the workdir: simulated-data summary (figures, tables),
+the training run (config.json, metrics.jsonl, checkpoints), factors of
+held-out records, traversal figures and disentanglement metrics. The model is the lean
 variant of the paper's architecture (1x1-conv Gaussian head, fewer channels);
 the paper's own settings are configs/factorecg_paper.py.
 """
@@ -33,14 +34,18 @@ factorecg_paper = _load_sibling('factorecg_paper')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = factorecg_paper.get_config()
-  config.model.update(latents=32, channels=16, depth=3, kernel_size=5,
+  # Depth 5 (dilations 1..16, receptive field ~250 samples = 0.5 s) rather
+  # than 3: the encoder's max-pool needs features that see whole waves; at
+  # 1,200 steps depth 3 reached R^2 0.73 (lr 2e-3) to 0.86 (lr 1e-2), depth 5
+  # 0.95 (lr 5e-3 and 1e-2 alike).
+  config.model.update(latents=32, channels=16, depth=5, kernel_size=5,
                       reduced_size=64, decoder_in_channels=32, head='conv',
                       padding='left')
   # A few hundred CPU steps: gentler KL, and a fixed output sd (scaled MSE)
   # so the mean is learned first (the paper's learned sd needs long runs).
   config.loss.update(beta=4.0, fixed_sd=0.05)
   config.data.update(num_train=20_000, num_eval=1_000, mode='uniform')
-  config.optim.update(lr=2e-3, schedule='cosine', warmup_steps=50)
+  config.optim.update(lr=5e-3, schedule='cosine', warmup_steps=50)
   config.train.update(batch_size=64, num_epochs=0, num_steps=1200,
                       log_every=100, eval_every=600, checkpoint_every=600,
                       eval_batch_size=256)

@@ -7,9 +7,30 @@ names the field, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given as 'file.py' or 'file.py:arg'.
+
+  The same spelling as `--config=` on the command line (benchmarks and
+  checks load configs outside absl's flag parsing).
+
+  Raises:
+    FileNotFoundError: if the file does not exist.
+  """
+  file, _, arg = path.partition(':')
+  if not os.path.exists(file):
+    raise FileNotFoundError(f'Config file not found: {file}')
+  name = '_config_' + os.path.splitext(os.path.basename(file))[0]
+  spec = importlib.util.spec_from_file_location(name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
 
 _CHOICES = {
     'task': ('vae',),

@@ -10,7 +10,6 @@ environment and joined with `jax.distributed.initialize()`.
 """
 
 import difflib
-import importlib.util
 import os
 import sys
 
@@ -18,6 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from factorecg_jax import config_checks
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (ml_collections).',
@@ -55,7 +56,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
-  from factorecg_jax import config_checks  # pylint: disable=g-import-not-at-top
   if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
     jax.distributed.initialize()
   config = _CONFIG.value
@@ -90,13 +90,10 @@ def check_override_keys(argv) -> None:
                if a.startswith('--config.')]
   if not path or not overrides:
     return
-  file, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('_config_check', file)
-  if spec is None or not os.path.exists(file):
-    sys.exit(f'Config file not found: {file}')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  known = _flat_keys(module.get_config(arg or None))
+  try:
+    known = _flat_keys(config_checks.load_config(path))
+  except FileNotFoundError as e:
+    sys.exit(str(e))
   for key in overrides:
     if key not in known:
       close = difflib.get_close_matches(key, sorted(known), n=3)

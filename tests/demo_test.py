@@ -54,9 +54,9 @@ def test_training_loss_falls_and_reconstruction_generalises(demo_run):
   with open(os.path.join(demo_run, 'config.json')) as f:
     num_steps = json.load(f)['train']['num_steps']
   assert evals[-1]['step'] == num_steps
-  # Held-out simulated beats (the validation split). The goal is
-  # R^2 >= 0.9; the CPU demo (1,200 steps, ~3 min) reaches ~0.73-0.81.
-  assert evals[-1]['eval/r2'] >= 0.7, evals[-1]['eval/r2']
+  # Held-out simulated beats (the validation split, noisy beats whose noise
+  # alone caps R^2 at ~0.98): the goal is R^2 >= 0.9.
+  assert evals[-1]['eval/r2'] >= 0.9, evals[-1]['eval/r2']
   assert evals[-1]['eval/r2'] > evals[0]['eval/r2']
 
 

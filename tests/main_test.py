@@ -41,16 +41,17 @@ def test_invalid_value_fails_with_named_field(tmp_path):
 
 
 def test_validate_accepts_shipped_configs():
-  import importlib.util  # pylint: disable=g-import-not-at-top
   for name in ('demo', 'factorecg_paper'):
-    for arg in (None, 'tiny'):
-      spec = importlib.util.spec_from_file_location(
-          name, os.path.join(ROOT, 'configs', name + '.py'))
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      config_checks.validate(module.get_config(arg))
+    path = os.path.join(ROOT, 'configs', name + '.py')
+    full = config_checks.load_config(path)
+    config_checks.validate(full)
+    tiny = config_checks.load_config(path + ':tiny')
+    config_checks.validate(tiny)
+    assert tiny.train.num_steps < full.train.num_steps
   with pytest.raises(ValueError, match='unknown config variant'):
-    module.get_config('huge')
+    config_checks.load_config(path + ':huge')
+  with pytest.raises(FileNotFoundError, match='nowhere.py'):
+    config_checks.load_config('configs/nowhere.py')
 
 
 def test_simulate_mode_writes_summary(tmp_path):

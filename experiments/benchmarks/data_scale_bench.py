@@ -22,7 +22,6 @@ batch come from --config (configs/demo.py) when that file exists, otherwise
 from a built-in stand-in.
 """
 
-import importlib.util
 import json
 import os
 import resource
@@ -39,6 +38,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from factorecg_jax import config_checks
 from factorecg_jax.data import input_pipeline
 from factorecg_jax.data import sources
 # Registers `synthetic_ecg` with TFDS.
@@ -105,10 +105,7 @@ def _base_config() -> ml_collections.ConfigDict:
   if not path or not os.path.exists(path):
     print(f'# {path} not found: using the built-in lean VAE config.')
     return _fallback_config()
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_checks.load_config(path)
 
 
 def _point_config(source: str, size: str) -> ml_collections.ConfigDict:

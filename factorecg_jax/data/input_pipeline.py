@@ -25,6 +25,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -210,16 +211,23 @@ def train_indices(
   return out
 
 
-def prefetch(iterator: Iterator[Batch], size: int) -> Iterator[Batch]:
+def prefetch(
+    iterator: Iterator[Batch], size: int, *, join_timeout: float = 60.0
+) -> Iterator[Batch]:
   """Runs `iterator` on a background thread, `size` items ahead.
 
   The order of items is unchanged, so prefetching never alters the stream.
   Errors raised by `iterator` are re-raised by the consumer. When the consumer
-  stops (closes or drops the returned generator) the thread stops too.
+  stops (closes or drops the returned generator, or the interpreter exits)
+  the thread is told to stop and joined: a daemon thread still inside a JAX
+  call when Python finalises aborts the process ("terminate called ...
+  FATAL: exception not rethrown").
 
   Args:
     iterator: any iterator.
     size: maximum number of items buffered; 0 returns `iterator` unchanged.
+    join_timeout: seconds to wait for the thread to finish its current item
+      when the consumer stops; a warning is logged if it is still running.
 
   Returns:
     An iterator over the same items.
@@ -244,12 +252,25 @@ def prefetch(iterator: Iterator[Batch], size: int) -> Iterator[Batch]:
       for item in iterator:
         if not put((item, None)):
           return
+        if stop.is_set():
+          return
       put((end, None))
     except BaseException as e:  # pylint: disable=broad-except
       put((end, e))
 
   thread = threading.Thread(target=work, daemon=True, name='prefetch')
   thread.start()
+
+  def shutdown():
+    stop.set()
+    if thread is threading.current_thread() or not thread.is_alive():
+      return
+    thread.join(join_timeout)
+    if thread.is_alive():
+      logging.warning(
+          'Prefetch thread still running %.0f s after the consumer stopped.',
+          join_timeout,
+      )
 
   def consume():
     try:
@@ -261,11 +282,12 @@ def prefetch(iterator: Iterator[Batch], size: int) -> Iterator[Batch]:
           return
         yield item
     finally:
-      stop.set()
+      shutdown()
 
   items = consume()
-  # Also stop when the consumer is dropped before its first item.
-  weakref.finalize(items, stop.set)
+  # Also stop when the consumer is dropped before its first item; finalizers
+  # still pending run at interpreter exit, before daemon threads are killed.
+  weakref.finalize(items, shutdown)
   return items
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import functools
 import itertools
+import json
 import os
 import platform
 import subprocess
@@ -210,6 +211,56 @@ def _code_version() -> str:
   return 'unknown'
 
 
+# Config entries a resumed run must share with the run that wrote its
+# checkpoints: they decide the parameters' shapes or what the data mean.
+RESUME_FIXED = ('task', 'model_name', 'model', 'seed', 'data.source',
+                'data.name', 'data.mode', 'data.seed', 'data.num_train',
+                'data.input_key',
+                'data.normalization', 'train.batch_size')
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str):
+  """Compares `config` with the config.json of the run being resumed.
+
+  Raises:
+    ValueError: if an entry of `RESUME_FIXED` differs (e.g. a workdir trained
+      with another model): the message lists the differences and asks for a
+      new --workdir. Other differences (num_steps, lr, ...) are logged.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  stored.pop('run_info', None)
+  now = json.loads(json.dumps(writer_lib._to_python(config.to_dict())))  # pylint: disable=protected-access
+  old, new = _flatten(stored), _flatten(now)
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if not changed:
+    return
+  lines = [f'  {k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
+           for k in changed]
+  fixed = [k for k in changed
+           if any(k == p or k.startswith(p + '.') for p in RESUME_FIXED)]
+  if fixed:
+    raise ValueError(
+        f'{workdir} holds checkpoints of a different run; resuming it with '
+        'this config would mix models or data. Differences:\n'
+        + '\n'.join(lines) + '\nUse a new --workdir (or delete this one).'
+    )
+  logging.warning('Resuming %s with a changed config:\n%s', workdir,
+                  '\n'.join(lines))
+
+
 def _run_info(config: ml_collections.ConfigDict, mesh, start_step) -> dict:
   """What, besides the config, is needed to reproduce the run."""
   device = jax.devices()[0]
@@ -358,6 +409,8 @@ def train_and_evaluate(
       save_interval_steps=checkpoint_every or 1,
   )
   start_step = manager.latest_step() or 0
+  if start_step:
+    check_resume_config(config, workdir)
 
   # Data: each process reads its own rows of every global batch.
   get_datasets = get_datasets or input_pipeline.get_datasets

@@ -1,5 +1,12 @@
 """Tests of the numpy input pipeline: sampling, sharding, padding, scaling."""
 
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -184,6 +191,65 @@ class PrefetchTest(absltest.TestCase):
   def test_finite_iterator_ends(self):
     self.assertEqual(list(input_pipeline.prefetch(iter(range(5)), 2)),
                      list(range(5)))
+
+  def test_close_joins_the_thread(self):
+    produced = []
+
+    def slow():
+      for i in range(1000):
+        time.sleep(0.02)
+        produced.append(i)
+        yield i
+
+    iterator = input_pipeline.prefetch(slow(), 2)
+    self.assertEqual(next(iterator), 0)
+    iterator.close()
+    count = len(produced)
+    time.sleep(0.2)
+    # Nothing is produced after close() returned: the thread has ended.
+    self.assertEqual(len(produced), count)
+    self.assertFalse(
+        any(t.name == 'prefetch' and t.is_alive()
+            for t in threading.enumerate()))
+
+  def test_exit_during_a_jax_call_does_not_abort(self):
+    # The worker is inside a jitted call when the main thread returns; a
+    # daemon thread killed there by interpreter finalisation aborts the
+    # process ("terminate called ... FATAL: exception not rethrown").
+    script = textwrap.dedent("""
+        import sys
+        import jax, jax.numpy as jnp
+        from factorecg_jax.data import input_pipeline
+
+        @jax.jit
+        def work(k):
+          x = jax.random.normal(jax.random.key(k), (512, 512))
+          for _ in range(8):
+            x = jnp.tanh(x @ x)
+          return x.sum()
+
+        def items():
+          k = 0
+          while True:
+            yield float(work(k))
+            k += 1
+
+        stream = input_pipeline.prefetch(items(), 2)
+        for _ in range(3):
+          next(stream)
+        if sys.argv[1] == 'close':
+          stream.close()
+        print('done', flush=True)
+        """)
+    for how in ('close', 'exit'):
+      with self.subTest(how=how):
+        result = subprocess.run(
+            [sys.executable, '-c', script, how], capture_output=True,
+            text=True, timeout=300, check=False,
+            env={**os.environ, 'XLA_FLAGS': ''})
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assertIn('done', result.stdout)
+        self.assertNotIn('terminate called', result.stderr)
 
 
 class EvalIteratorTest(parameterized.TestCase):

@@ -230,7 +230,7 @@ def test_default_components_vae(tmp_path):
   config.loss = ml_collections.ConfigDict({'beta': 4.0})
   config.data = input_pipeline.default_data_config()
   config.data.update(dict(
-      num_train=16, num_eval=8, normalization='none', prefetch=0
+      num_train=16, num_eval=8, normalization='none', prefetch=2
   ))
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(jax.device_get(state.step)) == 2
@@ -242,6 +242,20 @@ def test_default_components_vae(tmp_path):
   assert rows[-1]['eval/num_examples'] == 8
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['run_info']['data']['normalizer']['kind'] == 'none'
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+  overrides = {'train.num_steps': 4, 'train.checkpoint_every': 4,
+               'train.log_every': 2}
+  _train(tiny_task.get_config(**overrides), tmp_path)
+  changed = tiny_task.get_config(**overrides)
+  changed.seed += 1
+  with pytest.raises(ValueError, match=r'(?s)different run.*seed: 0 -> 1'):
+    _train(changed, tmp_path)
+  # Training longer is a legitimate resume.
+  longer = tiny_task.get_config(**dict(overrides, **{'train.num_steps': 6}))
+  state = _train(longer, tmp_path)
+  assert int(jax.device_get(state.step)) == 6
 
 
 def test_misspelt_config_key_fails_before_compute(tmp_path):
