@@ -31,6 +31,10 @@ import tensorflow_datasets as tfds
 
 from factorecg_jax.data import ingest
 from factorecg_jax.data import median_beat
+from factorecg_jax.data import tfds_compat
+
+# Splits over 1 GB build without TensorFlow too.
+tfds_compat.install()
 
 
 @dataclasses.dataclass

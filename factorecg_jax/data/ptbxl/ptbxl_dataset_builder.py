@@ -27,6 +27,10 @@ import tensorflow_datasets as tfds
 
 from factorecg_jax.data import ingest
 from factorecg_jax.data import median_beat
+from factorecg_jax.data import tfds_compat
+
+# Splits over 1 GB build without TensorFlow too.
+tfds_compat.install()
 
 # The 71 SCP-ECG statements of PTB-XL's scp_statements.csv (44 diagnostic,
 # 19 form, 12 rhythm; four are both diagnostic and form), the order of the

@@ -24,6 +24,10 @@ import tensorflow_datasets as tfds
 
 from factorecg_jax.data import simulator
 from factorecg_jax.data import sources
+from factorecg_jax.data import tfds_compat
+
+# Splits over 1 GB build without TensorFlow too.
+tfds_compat.install()
 
 _FIELD_DOCS = {
     'id': 'Record index within its split (the simulation key index).',
