@@ -215,8 +215,7 @@ def _code_version() -> str:
 # checkpoints: they decide the parameters' shapes or what the data mean.
 RESUME_FIXED = ('task', 'model_name', 'model', 'seed', 'data.source',
                 'data.name', 'data.mode', 'data.seed', 'data.num_train',
-                'data.input_key',
-                'data.normalization', 'train.batch_size')
+                'data.input_key', 'data.normalization', 'train.batch_size')
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
