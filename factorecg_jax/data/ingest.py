@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
 import numpy as np
+import tensorflow_datasets as tfds
 
 from factorecg_jax.data import median_beat
 
@@ -85,20 +86,45 @@ class Signal:
   leads: tuple[str, ...]
 
 
-def run_options(config: Any, batch_size: int | None,
-                strict: bool | None) -> tuple[int, bool]:
-  """A builder's (batch_size, strict): arguments override the config's.
+class MedianBeatBuilder:
+  """What the median-beat TFDS builders (ptbxl, ecg_folder) share.
 
-  Neither changes the stored records (strict only stops at a bad one), so
-  they are run options rather than parts of the builder config's name.
+  Mixed in before `tfds.core.GeneratorBasedBuilder`. Adds the run options
+  `batch_size` and `strict` (they override the builder config's; neither
+  changes the stored records, so they are not part of the config's name)
+  and the features every such record has.
   """
-  return (batch_size or config.batch_size,
-          config.strict if strict is None else strict)
 
+  def __init__(self, *, batch_size: int | None = None,
+               strict: bool | None = None, **kwargs):
+    """As GeneratorBasedBuilder, plus the run options above."""
+    super().__init__(**kwargs)
+    config = self.builder_config
+    self._batch_size = batch_size or config.batch_size
+    self._strict = config.strict if strict is None else strict
 
-def num_samples(config: Any) -> int:
-  """Stored strip length of a builder config (duration_s x sampling_rate)."""
-  return int(round(config.duration_s * config.sampling_rate))
+  def _num_samples(self) -> int:
+    """Stored strip length (duration_s x sampling_rate)."""
+    config = self.builder_config
+    return int(round(config.duration_s * config.sampling_rate))
+
+  def _median_beat_features(self) -> dict[str, Any]:
+    """'beat', 'qrs_onset', 'num_beats', and 'strip' if `with_strip`."""
+    config = self.builder_config
+    features = {
+        'beat': tfds.features.Tensor(
+            shape=(median_beat.BEAT_LEN, 12), dtype=np.float32,
+            doc='Median beat [600, 12], mV, 500 Hz, QRS onset at 200.',
+        ),
+        'qrs_onset': tfds.features.Scalar(np.int32),
+        'num_beats': tfds.features.Scalar(np.int32),
+    }
+    if config.with_strip:
+      features['strip'] = tfds.features.Tensor(
+          shape=(self._num_samples(), 12), dtype=np.float32,
+          doc=f'Signal [n, 12], mV, {config.sampling_rate:g} Hz.',
+      )
+    return features
 
 
 def canonical_lead(name: str) -> str | None:

@@ -30,7 +30,6 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 from factorecg_jax.data import ingest
-from factorecg_jax.data import median_beat
 from factorecg_jax.data import tfds_compat
 
 # Splits over 1 GB build without TensorFlow too.
@@ -79,7 +78,8 @@ class EcgFolderConfig(tfds.core.BuilderConfig):
   strict: bool = False
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(ingest.MedianBeatBuilder,
+              tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for ecg_folder."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -98,31 +98,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   pkg_dir_path = epath.Path(__file__).parent
   code_path = epath.Path(__file__)
 
-  def __init__(
-      self,
-      *,
-      batch_size: int | None = None,
-      strict: bool | None = None,
-      **kwargs,
-  ):
-    """As GeneratorBasedBuilder; see `ingest.run_options`."""
-    super().__init__(**kwargs)
-    self._batch_size, self._strict = ingest.run_options(
-        self.builder_config, batch_size, strict)
-
-  def _num_samples(self) -> int:
-    return ingest.num_samples(self.builder_config)
-
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     features = {
         'id': tfds.features.Text(doc='Record id (the CSV id column).'),
-        'beat': tfds.features.Tensor(
-            shape=(median_beat.BEAT_LEN, 12), dtype=np.float32,
-            doc='Median beat [600, 12], mV, 500 Hz, QRS onset at 200.',
-        ),
-        'qrs_onset': tfds.features.Scalar(np.int32),
-        'num_beats': tfds.features.Scalar(np.int32),
+        **self._median_beat_features(),
     }
     if config.label_columns:
       features['labels'] = tfds.features.Tensor(
@@ -134,11 +114,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           np.float32, doc='Follow-up time (CSV units).'
       )
       features['event'] = tfds.features.Scalar(np.bool_, doc='Event seen.')
-    if config.with_strip:
-      features['strip'] = tfds.features.Tensor(
-          shape=(self._num_samples(), 12), dtype=np.float32,
-          doc=f'Signal [n, 12], mV, {config.sampling_rate:g} Hz.',
-      )
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,

@@ -92,7 +92,8 @@ class PtbxlConfig(tfds.core.BuilderConfig):
   strict: bool = False
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(ingest.MedianBeatBuilder,
+              tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for ptbxl."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -126,21 +127,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   pkg_dir_path = epath.Path(__file__).parent
   code_path = epath.Path(__file__)
 
-  def __init__(
-      self,
-      *,
-      batch_size: int | None = None,
-      strict: bool | None = None,
-      **kwargs,
-  ):
-    """As GeneratorBasedBuilder; see `ingest.run_options`."""
-    super().__init__(**kwargs)
-    self._batch_size, self._strict = ingest.run_options(
-        self.builder_config, batch_size, strict)
-
-  def _num_samples(self) -> int:
-    return ingest.num_samples(self.builder_config)
-
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     features = {
@@ -152,15 +138,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             np.int32, doc='0 male, 1 female, -1 unknown.'
         ),
         'strat_fold': tfds.features.Scalar(np.int32),
-        'beat': tfds.features.Tensor(
-            shape=(median_beat.BEAT_LEN, 12), dtype=np.float32,
-            doc='Median beat [600, 12], mV, 500 Hz, QRS onset at 200.',
-        ),
         'beat_source': tfds.features.Scalar(
             np.int32, doc='0 computed, 1 PTB-XL+.'
         ),
-        'qrs_onset': tfds.features.Scalar(np.int32),
-        'num_beats': tfds.features.Scalar(np.int32),
         'labels': tfds.features.Tensor(
             shape=(len(SCP_CODES),), dtype=np.bool_,
             doc='Multi-hot SCP statements, SCP_CODES order.',
@@ -170,11 +150,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             doc='Multi-hot diagnostic superclasses, SUPERCLASSES order.',
         ),
     }
-    if config.with_strip:
-      features['strip'] = tfds.features.Tensor(
-          shape=(self._num_samples(), 12), dtype=np.float32,
-          doc=f'Signal [n, 12], mV, {config.sampling_rate} Hz.',
-      )
+    features.update(self._median_beat_features())
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
