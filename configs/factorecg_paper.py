@@ -49,10 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128
-  config.train.num_epochs = 50
-  # Derived: steps from epochs over the training set.
-  config.train.num_steps = (config.train.num_epochs * config.data.num_train
-                            // config.train.batch_size)
+  config.train.num_epochs = 50.0
+  # 0: derived when the run starts, ceil(num_epochs * training records /
+  # global batch size), so `--config.train.batch_size=256` or another data
+  # size keeps 50 epochs (39,063 steps at batch 128 on 100k records); the
+  # resolved value is written to the run's config.json. A positive value
+  # overrides the epochs.
+  config.train.num_steps = 0
   config.train.log_every = 100
   config.train.eval_every = 2000
   config.train.checkpoint_every = 2000
@@ -85,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg == 'tiny':
     shrink_to_tiny(config)
+    # Stays epoch-based like the full config: 0.25 x 256 records / 16 = 4.
+    config.train.update(num_steps=0, num_epochs=0.25)
   elif arg:
     raise ValueError(f'unknown config variant {arg!r} (known: tiny)')
   return config

@@ -48,11 +48,12 @@ _CHOICES = {
     'simulate.mode': ('uniform', 'realistic'),
     'analysis.traversal_scale': ('population', 'prior'),
 }
-_POSITIVE = ('train.batch_size', 'train.num_steps', 'train.log_every',
+_POSITIVE = ('train.batch_size', 'train.log_every',
              'train.eval_batch_size', 'optim.lr', 'data.num_train',
              'model.latents', 'model.channels', 'model.depth',
              'model.kernel_size', 'simulate.num_records')
-_NON_NEGATIVE = ('train.eval_every', 'train.checkpoint_every',
+_NON_NEGATIVE = ('train.num_steps', 'train.num_epochs',
+                 'train.eval_every', 'train.checkpoint_every',
                  'train.keep_checkpoints', 'optim.grad_clip_norm',
                  'optim.weight_decay', 'optim.warmup_steps', 'loss.beta',
                  'loss.fixed_sd',
@@ -84,6 +85,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     present, value = _get(config, path)
     if present and not (isinstance(value, (int, float)) and value >= 0):
       problems.append(f'--config.{path}={value!r}: must be >= 0')
+  _, steps = _get(config, 'train.num_steps')
+  _, epochs = _get(config, 'train.num_epochs')
+  if (isinstance(steps, (int, float)) and steps <= 0
+      and not (isinstance(epochs, (int, float)) and epochs > 0)):
+    problems.append(
+        f'--config.train.num_steps={steps!r} and --config.train.num_epochs='
+        f'{epochs!r}: set one of them > 0 (num_steps wins when both are)')
   for field in ('train.batch_size', 'train.eval_batch_size'):
     present, batch = _get(config, field)
     if present and isinstance(batch, int) and batch > 0:

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
+from factorecg_jax import console
 from factorecg_jax.data import simulator as sim
 from factorecg_jax.viz import ecg_plot
 from factorecg_jax.viz import summary
@@ -77,8 +78,7 @@ def simulate_summary(config: ml_collections.ConfigDict, workdir: str
   out_dir = os.path.join(workdir, 'simulated')
   os.makedirs(out_dir, exist_ok=True)
   sc = config.simulate
-  logging.info('Simulating %d records (%s sampler)...', sc.num_records,
-               sc.mode)
+  console.info(f'  simulating {sc.num_records} records ({sc.mode} sampler)')
   t0 = time.perf_counter()
   rec = sim.simulate_records(jax.random.key(config.seed), sc.num_records,
                              mode=sc.mode, chunk_size=min(2048,
@@ -150,23 +150,87 @@ def simulate_summary(config: ml_collections.ConfigDict, workdir: str
   return headline
 
 
+MODES = ('simulate', 'train', 'encode', 'traverse', 'evaluate')
+
+
+def run_stage(mode: str, config: ml_collections.ConfigDict,
+              workdir: str) -> Any:
+  """Runs one mode of main.py and returns its result."""
+  # Imported here so `--mode=simulate` needs no model or training code.
+  if mode == 'simulate':
+    return simulate_summary(config, workdir)
+  if mode == 'train':
+    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+    return train.train_and_evaluate(config, workdir)
+  from factorecg_jax import runs  # pylint: disable=g-import-not-at-top
+  modes = {'encode': runs.encode_mode, 'traverse': runs.traverse_mode,
+           'evaluate': runs.evaluate_mode}
+  if mode not in modes:
+    raise ValueError(f'Unknown mode {mode!r}; known: {MODES}.')
+  return modes[mode](config, workdir)
+
+
+def mode_summary(mode: str, result: Any, workdir: str
+                 ) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+  """(headline rows, main output paths) of one mode's result."""
+  rows: list[tuple[str, Any]] = []
+  paths: dict[str, str] = {}
+  if mode == 'simulate':
+    rows += [('records', result['num_records']),
+             ('mean EF (%)', round(result['mean_ef'], 1)),
+             ('reduced EF (%)',
+              round(100 * result['reduced_ef_prevalence'], 1)),
+             ('1-year mortality (%)',
+              round(100 * result['one_year_mortality'], 1))]
+    paths['simulated data'] = os.path.join(workdir, 'simulated', 'summary.md')
+  elif mode == 'train':
+    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+    final = train.final_metrics(workdir)
+    rows.append(('steps', int(final.get('step', 0))))
+    for key, label in (('train/loss', 'train loss'),
+                       ('eval/loss', 'eval loss'), ('eval/r2', 'eval R^2'),
+                       ('eval/active_units', 'active units (eval)')):
+      if key in final:
+        rows.append((label, float(final[key])))
+    paths.update(config=os.path.join(workdir, 'config.json'),
+                 metrics=os.path.join(workdir, 'metrics.jsonl'),
+                 checkpoints=os.path.join(workdir, 'checkpoints'))
+  elif mode == 'encode':
+    rows.append(('active factors',
+                 f"{result['num_active']} of {result['latents']} "
+                 f"(KL > {result['kl_threshold']:g} nats)"))
+    rows.append(('records encoded', result['num_records']))
+    paths.update(factors=result['files']['table'],
+                 kl_plot=result['files']['kl_plot'])
+  elif mode == 'traverse':
+    rows.append(('factors traversed', len(result['dims'])))
+    paths['traversals'] = result['files']['all_active_factors']
+  elif mode == 'evaluate':
+    scores = result['scores']
+    for key, label in (('mig', 'MIG'),
+                       ('dci_disentanglement', 'DCI disentanglement'),
+                       ('sap', 'SAP'),
+                       ('beta_vae_eval_accuracy', 'BetaVAE accuracy'),
+                       ('factor_vae_eval_accuracy', 'FactorVAE accuracy')):
+      if key in scores:
+        rows.append((label, float(scores[key])))
+    named = [b['label'] for b in result['best']]
+    rows.append(('factor names',
+                 f'{len(set(named))} distinct over {len(named)} factors'))
+    paths['disentanglement'] = result['paths']['markdown']
+  return rows, paths
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Simulate -> train -> encode -> traverse -> evaluate, in one workdir."""
-  # Imported here so `--mode=simulate` needs no model or training code.
-  from factorecg_jax import runs  # pylint: disable=g-import-not-at-top
-  from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  stages = [
-      ('simulate', lambda: simulate_summary(config, workdir)),
-      ('train', lambda: train.train_and_evaluate(config, workdir)),
-      ('encode', lambda: runs.encode_mode(config, workdir)),
-      ('traverse', lambda: runs.traverse_mode(config, workdir)),
-      ('evaluate', lambda: runs.evaluate_mode(config, workdir)),
-  ]
-  for name, stage in stages:
-    logging.info('=== demo stage: %s ===', name)
-    t = time.perf_counter()
-    stage()
-    logging.info('=== %s done in %.1f s ===', name, time.perf_counter() - t)
-  logging.info('Demo finished in %.1f s; results in %s',
-               time.perf_counter() - t0, workdir)
+  rows, paths = [], {}
+  for i, mode in enumerate(MODES):
+    with console.stage(f'{i + 1}/{len(MODES)} {mode}'):
+      result = run_stage(mode, config, workdir)
+    mode_rows, mode_paths = mode_summary(mode, result, workdir)
+    rows += mode_rows
+    paths.update(mode_paths)
+  rows.insert(0, ('wall time', console.format_duration(
+      time.perf_counter() - t0)))
+  console.summary(f'Demo finished: results in {workdir}', rows, paths)

@@ -7,6 +7,10 @@ Modes: simulate (data summary), train, encode (factors of a trained VAE),
 traverse (factor traversals), evaluate (disentanglement metrics), demo (all
 of them in order). Several processes (multi-host) are detected from the
 environment and joined with `jax.distributed.initialize()`.
+
+The console shows one line per stage start/end, a progress line for long
+loops and a closing summary; library INFO logs (orbax, absl, jax) are hidden
+unless `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG) is given.
 """
 
 import difflib
@@ -19,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from factorecg_jax import config_checks
+from factorecg_jax import console
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (ml_collections).',
@@ -36,25 +41,24 @@ _MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
 
 
 def _run(mode: str, config, workdir: str) -> None:
-  # Imports are per mode so `simulate` never loads model or training code.
-  if mode == 'simulate':
-    from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
-    demo.simulate_summary(config, workdir)
-  elif mode == 'train':
-    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
-  elif mode == 'demo':
-    from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
+  from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
+  if mode == 'demo':
     demo.run_demo(config, workdir)
-  else:
-    from factorecg_jax import runs  # pylint: disable=g-import-not-at-top
-    {'encode': runs.encode_mode, 'traverse': runs.traverse_mode,
-     'evaluate': runs.evaluate_mode}[mode](config, workdir)
+    return
+  # Each mode's code is imported on use: `simulate` loads no model code.
+  with console.stage(mode, f'workdir {workdir}'):
+    result = demo.run_stage(mode, config, workdir)
+  rows, paths = demo.mode_summary(mode, result, workdir)
+  console.summary(f'{mode}: results', rows, paths)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Library INFO logs (orbax, absl, jax) are off unless asked for with
+  # --verbosity=0 (INFO) or 1 (DEBUG); warnings always show.
+  if not flags.FLAGS['verbosity'].present:
+    console.set_verbosity(console.DEFAULT_VERBOSITY)
   import jax  # pylint: disable=g-import-not-at-top
   if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
     jax.distributed.initialize()

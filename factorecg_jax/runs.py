@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from factorecg_jax import console
 from factorecg_jax.analysis import disentanglement_report
 from factorecg_jax.analysis import factors as factors_lib
 from factorecg_jax.analysis import interventions
+from factorecg_jax.analysis import ranking
 from factorecg_jax.data import input_pipeline
 from factorecg_jax.data import simulator
 from factorecg_jax.training import checkpoints
@@ -120,7 +122,9 @@ def _restore(
   optim = ml_collections.ConfigDict(
       saved['optim'] if saved and 'optim' in saved else config.optim.to_dict()
   )
-  num_steps = int(config.train.num_steps)
+  # The run's resolved step count (epoch-based configs say 0 here).
+  num_steps = int((saved or {}).get('train', {}).get('num_steps', 0)
+                  or config.train.num_steps or 1)
   tx = state_lib.create_optimizer(
       optim, state_lib.create_learning_rate_fn(optim, num_steps)
   )
@@ -331,9 +335,13 @@ def _encode_and_save(
       input_key=input_key,
       prefetch_size=int(config.data.get('prefetch', 0)),
   )
-  out = factors_lib.encode_dataset(
-      _encode_apply(model), batches, params=params, sharding=rows
-  )
+  with console.Progress(-(-len(source) // batch_size), '  encode',
+                        unit='batches', rate_scale=batch_size,
+                        rate_unit='ECGs') as progress:
+    out = factors_lib.encode_dataset(
+        _encode_apply(model), batches, params=params, sharding=rows,
+        progress=progress,
+    )
   kl = factors_lib.kl_per_dim(out['mu'], out['sd'])
   active = factors_lib.active_factors(kl, threshold)
   num_latents = out['mu'].shape[1]
@@ -371,8 +379,9 @@ def _encode_and_save(
   )
   with open(os.path.join(folder, 'summary.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2)
-  print(f'{len(active)} of {num_latents} factors active '
-        f'(KL > {threshold:g} nats) on {len(out["mu"])} {split} records.')
+  console.info(f'  {len(active)} of {num_latents} factors active '
+               f'(KL > {threshold:g} nats) on {len(out["mu"])} {split} '
+               'records.')
   return saved, summary
 
 
@@ -449,7 +458,7 @@ def traverse_mode(
   if not len(dims):
     logging.warning('No factor has KL > %g nats; traversing all %d.',
                     threshold, len(kl))
-    dims = np.argsort(-kl, kind='stable')
+    dims = ranking.argsort_descending(kl)
   sds = np.asarray(tuple(analysis.traversal_sds), np.float64)
   leads = tuple(analysis.traversal_leads)
   kind = analysis.get('traversal_scale', 'population')
@@ -479,7 +488,10 @@ def traverse_mode(
   folder = os.path.join(workdir, TRAVERSALS_DIR)
   unit = f'{kind} SD'
   paths = {}
+  progress = console.Progress(len(dims) + 2, '  traversal figures',
+                              unit='figures')
   for i, d in enumerate(dims):
+    progress.update(1)
     fig = ecg_plot.plot_traversal(
         population[i], sds, factor_name=f'factor {d}', value_label=unit,
         title=(f'Factor {d} (KL {kl[d]:.3g} nats): population mean, '
@@ -493,6 +505,7 @@ def traverse_mode(
       title=f'{len(dims)} factors: population mean, one factor moved')
   paths['all_active_factors'] = str(ecg_plot.save_figure(
       fig, os.path.join(folder, 'all_active_factors.png'), dpi=100))
+  progress.update(1)
   rows = {f'factor {d}': individual[i] for i, d in enumerate(dims)}
   fig = ecg_plot.plot_traversal_grid(
       rows, sds, leads=leads, value_label=unit,
@@ -502,6 +515,8 @@ def traverse_mode(
   name += '_factors'
   paths[name] = str(ecg_plot.save_figure(
       fig, os.path.join(folder, f'{name}.png'), dpi=100))
+  progress.update(1)
+  progress.close()
 
   paths['arrays'] = factors_lib.save_factors(
       os.path.join(folder, 'traversals.npz'),
@@ -520,7 +535,7 @@ def traverse_mode(
   )
   with open(os.path.join(folder, 'summary.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2)
-  print(f'Traversed {len(dims)} factors; figures in {folder}.')
+  console.info(f'  traversed {len(dims)} factors; figures in {folder}.')
   return summary
 
 
@@ -572,8 +587,4 @@ def evaluate_mode(
       generator=interventions.simulator_generator(mode),
       intervention_kwargs=intervention_kwargs,
   )
-  scores = result['scores']
-  print('Disentanglement: ' + ', '.join(
-      f'{k}={scores[k]:.3f}' for k in ('mig', 'dci_disentanglement', 'sap',
-                                       'active_units') if k in scores))
   return result

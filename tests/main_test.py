@@ -9,6 +9,7 @@ import time
 import pytest
 
 from factorecg_jax import config_checks
+from factorecg_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,9 @@ def test_validate_accepts_shipped_configs():
     config_checks.validate(full)
     tiny = config_checks.load_config(path + ':tiny')
     config_checks.validate(tiny)
-    assert tiny.train.num_steps < full.train.num_steps
+    steps = [train.resolve_num_steps(c.train, c.data.num_train)[0]
+             for c in (tiny, full)]
+    assert 0 < steps[0] < steps[1]
   with pytest.raises(ValueError, match='unknown config variant'):
     config_checks.load_config(path + ':huge')
   with pytest.raises(FileNotFoundError, match='nowhere.py'):
@@ -67,3 +70,67 @@ def test_simulate_mode_writes_summary(tmp_path):
   assert 0 < headline['one_year_mortality'] < 0.3
   assert set(headline['prevalence_percent']) == set(
       __import__('factorecg_jax.data.simulator', fromlist=['x']).LABEL_NAMES)
+
+
+def test_paper_config_steps_follow_epochs():
+  config = config_checks.load_config(
+      os.path.join(ROOT, 'configs', 'factorecg_paper.py'))
+  assert config.train.num_steps == 0  # resolved when the run starts
+  steps, how = train.resolve_num_steps(config.train, config.data.num_train)
+  assert steps == -(-50 * 100_000 // 128) == 39_063
+  assert 'num_epochs=50' in how
+  config.train.batch_size = 256
+  assert train.resolve_num_steps(config.train, 100_000)[0] == 19_532
+  config.train.num_steps = 7  # an explicit count wins
+  assert train.resolve_num_steps(config.train, 100_000) == (
+      7, 'train.num_steps')
+  config.train.update(num_steps=0, num_epochs=0)
+  with pytest.raises(ValueError, match='num_epochs'):
+    train.resolve_num_steps(config.train, 100_000)
+  with pytest.raises(ValueError, match='num_epochs'):
+    config_checks.validate(config)
+
+
+_LIBRARY_LOG = ('checkpoint_manager.py', 'orbax', 'xla_bridge.py')
+
+
+def _info_lines(text):
+  """absl-formatted INFO lines ('I1201 20:24:05.383 ... file.py:12] ...')."""
+  return [line for line in text.splitlines()
+          if len(line) > 5 and line[0] == 'I' and line[1:5].isdigit()]
+
+
+def test_train_console_is_quiet_and_epochs_follow_batch_size(tmp_path):
+  # The paper's tiny config is epoch-based: 0.25 epochs of 256 records.
+  r = _main('--config=configs/factorecg_paper.py:tiny',
+            f'--workdir={tmp_path}', '--mode=train',
+            '--config.train.batch_size=8')
+  assert r.returncode == 0, r.stderr[-3000:]
+  text = r.stdout + r.stderr
+  assert not _info_lines(text), _info_lines(text)[:5]
+  assert not any(k in text for k in _LIBRARY_LOG), text[-3000:]
+  assert '[train] started' in r.stdout
+  assert '[train] done in' in r.stdout
+  progress = [line for line in r.stdout.splitlines()
+              if line.startswith('train ')]
+  assert progress and progress[-1].startswith('train 8/8 100%'), progress
+  assert any('ECGs/s' in line and 'ETA' in line for line in progress)
+  assert '== train: results ==' in r.stdout
+  assert 'eval R^2' in r.stdout
+  assert str(tmp_path / 'metrics.jsonl') in r.stdout
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  # 0.25 * 256 / 8 = 8 steps, not the 4 of batch 16.
+  assert saved['train']['num_steps'] == 8
+  assert saved['train']['batch_size'] == 8
+  assert 'num_epochs=0.25' in saved['run_info']['num_steps_from']
+
+
+def test_verbosity_flag_brings_library_logs_back(tmp_path):
+  r = _main('--config=configs/factorecg_paper.py:tiny',
+            f'--workdir={tmp_path}', '--mode=train', '--verbosity=0')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert any('checkpoint_manager.py' in line
+             for line in _info_lines(r.stderr))
+  assert '[train] done in' in r.stdout
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['train']['num_steps'] == 4

@@ -46,6 +46,8 @@ from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder  # py
 from factorecg_jax.training import train
 from factorecg_jax.training import writer
 
+import bench_report  # pylint: disable=g-bad-import-order
+
 _CONFIG = flags.DEFINE_string(
     'config', 'configs/demo.py', 'Config file whose model/optim/train to use.'
 )
@@ -291,6 +293,9 @@ def main(argv):
     print(f'# {point}: {results[-1]["step_ms"]:.1f} ms/step', flush=True)
   if results:
     _print_table(results)
+  bench_report.write('data_scale_bench', dict(
+      num_steps=_NUM_STEPS.value, warmup_steps=_WARMUP.value,
+      batch_size=_BATCH.value, points=results))
 
 
 def _build_only(size: str) -> None:

@@ -31,6 +31,8 @@ import numpy as np
 from factorecg_jax.data import median_beat
 from factorecg_jax.data import simulator
 
+import bench_report  # pylint: disable=g-bad-import-order
+
 _NUM_ECGS = flags.DEFINE_integer('num_ecgs', 200, 'ECGs in the batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed JAX calls (best kept).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Simulator seed.')
@@ -144,6 +146,14 @@ def main(argv):
         f'{np.median(corr[valid]):.4f}, 5th percentile '
         f'{np.percentile(corr[valid], 5):.4f}, records with every lead >= '
         f'0.98: {np.mean(corr[valid].min(1) >= 0.98):.1%}')
+  bench_report.write('median_beat_bench', dict(
+      num_ecgs=n, mode=_MODE.value, jax_first_call_s=first,
+      jax_s=jax_time, jax_ecgs_per_s=n / jax_time, neurokit2_s=nk_time,
+      neurokit2_ecgs_per_s=n / nk_time, speedup=nk_time / jax_time,
+      neurokit2_no_beat=int(np.sum(~valid)),
+      correlation_median=float(np.median(corr[valid])),
+      correlation_p5=float(np.percentile(corr[valid], 5)),
+      fraction_all_leads_ge_0_98=float(np.mean(corr[valid].min(1) >= 0.98))))
 
 
 if __name__ == '__main__':

@@ -30,6 +30,8 @@ from sklearn import multiclass
 from factorecg_jax.analysis import disentanglement as dis
 from factorecg_jax.analysis import interventions
 
+import bench_report  # pylint: disable=g-bad-import-order
+
 _N_TRAIN = flags.DEFINE_integer('n_train', 10_000, 'training encodings')
 _N_TEST = flags.DEFINE_integer('n_test', 5_000, 'test encodings')
 _FACTORS = flags.DEFINE_integer('factors', 14, 'ground-truth factors')
@@ -148,12 +150,22 @@ def main(argv):
           np.eye(prob.shape[1])[y_test[:, j]], prob, average='macro'))
     return np.mean(aucs)
 
+  results = dict(
+      num_train=len(f_train), num_test=len(f_test), factors=k, latents=d,
+      compute_all_metrics_s=total, compute_all_metrics_cpu_s=LAST_CPU[0],
+      scores={n: v for n, v in scores.items() if not n.startswith('time/')},
+      metric_seconds={n[5:]: v for n, v in scores.items()
+                      if n.startswith('time/')},
+      dci_gbt_subsample_s=t_gbt, dci_gbt_extrapolated_s=t_gbt_full,
+      dci_lasso_s=t_fast_dci, dci_gbt_regressor_subsample_s=t_reg)
   t_ref, auc_ref = timed(sklearn_explicitness)
   t_ours, ours = timed(lambda: dis.explicitness(
       mu_train, f_train[:, :k_ref], mu_test, f_test[:, :k_ref]))
   print(f'\nexplicitness, {k_ref} factors: sklearn one-vs-rest {t_ref:.2f} s, '
         f'batched Newton {t_ours:.2f} s, ratio {t_ref / t_ours:.1f}x; '
         f'AUC {auc_ref:.5f} vs {ours["explicitness_test"]:.5f}')
+  results.update(explicitness_sklearn_s=t_ref, explicitness_ours_s=t_ours,
+                 explicitness_ratio=t_ref / t_ours)
 
   # Reference 3: mutual information pair by pair with sklearn.
   z = dis.discretize_histogram(mu_train)
@@ -167,6 +179,9 @@ def main(argv):
   print(f'mutual information {d}x{k}: sklearn pairwise {t_ref:.2f} s, '
         f'one-hot product {t_ours:.3f} s, ratio {t_ref / t_ours:.0f}x; '
         f'max |diff| {np.max(np.abs(m_ref - m_ours)):.1e}')
+  results.update(mutual_info_sklearn_s=t_ref, mutual_info_ours_s=t_ours,
+                 mutual_info_ratio=t_ref / t_ours,
+                 mutual_info_max_abs_diff=float(np.max(np.abs(m_ref - m_ours))))
 
   if _INTERVENTIONS.value:
     def sample(key, n):
@@ -187,6 +202,8 @@ def main(argv):
           f', FactorVAE {t_fvae:.1f} s (oracle eval accuracy '
           f'{fvae["eval_accuracy"]:.3f}); with the simulator add rendering '
           f'and encoding of {15_000 * 128 + 15_000 * 64 + 10_000:,} beats')
+    results.update(beta_vae_s=t_beta, factor_vae_s=t_fvae)
+  bench_report.write('metrics_bench', results)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,8 @@ import numpy as np
 
 from factorecg_jax.data import simulator as sim
 
+import bench_report  # pylint: disable=g-bad-import-order
+
 
 def _time(fn, *args, reps):
   """(compile s, best wall s, best process CPU s) over `reps` runs.
@@ -97,6 +99,11 @@ def main():
   print(f'"per CPU-s" x {cores} cores estimates the rate on idle cores when '
         'the machine is shared (load average now '
         f'{os.getloadavg()[0]:.1f}).')
+  bench_report.write('simulator_bench', {
+      'rows': [dict(what=name, n=n, compile_s=c, wall_s=t, cpu_s=cpu,
+                    per_s=n / t, per_cpu_s=n / cpu, goal_per_s=goal)
+               for name, n, c, t, cpu, goal in rows],
+      'chunk': chunk, 'reps': args.reps})
 
 
 if __name__ == '__main__':

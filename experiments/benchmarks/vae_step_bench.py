@@ -37,6 +37,8 @@ from factorecg_jax import models
 from factorecg_jax.models import vae
 from factorecg_jax.training import losses
 
+import bench_report  # pylint: disable=g-bad-import-order
+
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'ECGs per step.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per variant.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
@@ -244,6 +246,18 @@ def main(argv):
     print(f'max|dRecon|: largest |difference| of the reconstruction means '
           f'(z = mu, {NUM_COMPARED} ECGs, mV) from {base["name"]}, for the '
           'variants that compute the same function.')
+  summary = []
+  for r in rows:
+    same = (base is not None and base is not r
+            and r['name'] in SAME_FUNCTION)
+    summary.append(dict(
+        name=r['name'], params=r['params'], step_s=r['step_s'],
+        ecg_per_s=batch / r['step_s'], cpu_s=r['cpu_s'],
+        gflop=r['flops'] / 1e9, gflop_per_s=r['flops'] / 1e9 / r['step_s'],
+        speedup_vs_ecgxai=(reference['step_s'] / r['step_s']
+                           if reference else None),
+        max_abs_recon_diff_mv=(float(np.max(np.abs(r['recon'] - base['recon'])))
+                               if same else None)))
   for r in rows:
     if r['name'] == 'paper_left_bf16':
       fp32 = next((q for q in rows if q['name'] == 'paper_left'), base)
@@ -252,6 +266,9 @@ def main(argv):
         scale = np.max(np.abs(fp32['recon']))
         print(f'bf16 vs fp32 reconstruction: max |d| {d.max():.3g} mV, mean '
               f'|d| {d.mean():.3g} mV (max |recon| {scale:.3g} mV)')
+
+  bench_report.write('vae_step_bench', {
+      'batch_size': batch, 'timed_steps': _STEPS.value, 'rows': summary})
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from factorecg_jax import console
 from factorecg_jax.analysis import disentanglement
 from factorecg_jax.analysis import interpretation
 from factorecg_jax.analysis import interventions
@@ -219,11 +220,13 @@ def evaluate_run(
   timings = {}
 
   t0 = time.perf_counter()
+  console.info(f'  encoding {len(f_train)} + {len(f_test)} records')
   mu_train, sd_train = _split_output(encode_fn(train_records['beat']))
   mu_test, _ = _split_output(encode_fn(test_records['beat']))
   timings['encode'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
+  console.info('  disentanglement metrics (MIG, DCI, SAP, modularity, ...)')
   scores, mats = disentanglement.compute_all_metrics(
       mu_train, f_train, mu_test, f_test, sd_train=sd_train,
       importance=importance, factor_bins=factor_bins, seed=seed)

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from factorecg_jax.analysis import ranking
+
 Array = Any
 EncodeFn = Callable[..., tuple[Array, Array]]
 DecodeFn = Callable[[Array], Any]
@@ -39,6 +41,7 @@ def encode_dataset(
     input_key: str = 'ecg',
     keep_keys: Sequence[str] | None = None,
     sharding: jax.sharding.Sharding | None = None,
+    progress: Any = None,
 ) -> dict[str, np.ndarray]:
   """Encodes every real record of `batches` to its posterior mean and sd.
 
@@ -67,6 +70,7 @@ def encode_dataset(
     sharding: optional sharding to place each input batch with (e.g. rows
       over a `('data',)` mesh for data-parallel encoding); default: JAX's
       default placement.
+    progress: optional `console.Progress`, advanced by one per batch.
 
   Returns:
     Dict of numpy arrays over the n real records in iteration order: `mu`
@@ -114,6 +118,8 @@ def encode_dataset(
       collect(pending)
     pending = (result, real, fields)
     num_batches += 1
+    if progress is not None:
+      progress.update(1)
   if pending is not None:
     collect(pending)
   if not num_batches:
@@ -163,10 +169,11 @@ def active_factors(kl: Array, threshold: float) -> np.ndarray:
 
   Returns:
     [k] int64 dimension indices with `kl > threshold`, sorted by KL
-    descending (ties keep index order).
+    descending; KLs within `ranking.RTOL` (relative) of each other are ties
+    and keep index order, so the order never hangs on rounding.
   """
   kl = np.asarray(kl, np.float64).reshape(-1)
-  order = np.argsort(-kl, kind='stable')
+  order = ranking.argsort_descending(kl)
   return order[kl[order] > threshold].astype(np.int64)
 
 

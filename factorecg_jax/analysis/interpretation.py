@@ -6,6 +6,12 @@ ECG measurement (HR, PR, QRS, QT, QTc, axes, amplitudes, ...) is computed; the
 strongest association names the code ('factor 7 ~ QRS duration, rho = 0.91')
 and the whole matrix is drawn as a heatmap. Codes are numbered from 0, as the
 latent dimensions they are.
+
+Ties: associations whose |rho| agree within `ranking.ATOL` (1e-6) are equal,
+and the first column wins: ground-truth factor columns come before
+measurement columns, then columns keep their order. A factor and the
+measurement that equals it (QRS duration and QRS, rho = 1.00 both) thus name
+the code by the factor on every machine, whatever the last bits of rho.
 """
 
 from collections.abc import Mapping, Sequence
@@ -14,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+
+from factorecg_jax.analysis import ranking
 
 Array = np.ndarray
 
@@ -165,8 +173,10 @@ def interpret_codes(
   rho = spearman_matrix(codes[:, active], targets)
   best, names = [], []
   for row, code in enumerate(active):
-    strength = np.nan_to_num(np.abs(rho[row]), nan=-1.0)
-    col = int(np.argmax(strength))  # ties: the factor columns come first
+    # |rho| equal within ranking.ATOL are ties, whatever rounding did; they
+    # go to the first column: factor columns before measurement columns,
+    # then column order (e.g. qrs_dur names a code before qrs_ms does).
+    col = ranking.argmax(np.abs(rho[row]))
     best.append(dict(code=int(code), column=keys[col], label=labels[col],
                      rho=float(rho[row, col])))
     names.append(name_code(int(code), labels[col], float(rho[row, col])))

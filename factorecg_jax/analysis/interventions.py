@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import linear_model
 
+from factorecg_jax import console
 from factorecg_jax.data import simulator
 
 SampleFn = Callable[[jax.Array, int], Any]
@@ -82,15 +83,19 @@ def _group_features(
     fix: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     reduce: Callable[[np.ndarray], np.ndarray],
     chunk_rows: int,
+    desc: str = '',
 ) -> tuple[np.ndarray, np.ndarray]:
   """Labels [num_groups] and features [num_groups, F] of factor-fixed groups.
 
   Groups are generated in chunks of equal size (the last one is filled up
-  and cut), so jitted `render`/`encode` compile for one shape only.
+  and cut), so jitted `render`/`encode` compile for one shape only. A
+  non-empty `desc` shows progress over the chunks.
   """
   per_chunk = max(1, chunk_rows // rows_per_group)
   labels, feats = [], []
-  for c in range(-(-num_groups // per_chunk)):
+  num_chunks = -(-num_groups // per_chunk)
+  progress = console.Progress(num_chunks, desc, unit='chunks') if desc else None
+  for c in range(num_chunks):
     k_label, k_factor, k_render = jax.random.split(jax.random.fold_in(key, c),
                                                    3)
     which = np.asarray(jax.random.randint(k_label, (per_chunk,), 0,
@@ -103,6 +108,10 @@ def _group_features(
     codes = np.asarray(encode(obs), np.float64)
     feats.append(reduce(codes.reshape(per_chunk, rows_per_group, -1)))
     labels.append(which)
+    if progress is not None:
+      progress.update(1)
+  if progress is not None:
+    progress.close()
   return (np.concatenate(labels)[:num_groups],
           np.concatenate(feats)[:num_groups])
 
@@ -180,8 +189,10 @@ def beta_vae_score(
       _group_features, sample_factors=sample_factors, render=render,
       encode=encode, rows_per_group=2 * batch_size, choices=choices, fix=fix,
       reduce=reduce, chunk_rows=chunk_rows)
-  y_train, x_train = make(jax.random.fold_in(key, 0), num_groups=num_train)
-  y_eval, x_eval = make(jax.random.fold_in(key, 1), num_groups=num_eval)
+  y_train, x_train = make(jax.random.fold_in(key, 0), num_groups=num_train,
+                          desc='  BetaVAE score, train points')
+  y_eval, x_eval = make(jax.random.fold_in(key, 1), num_groups=num_eval,
+                        desc='  BetaVAE score, eval points')
   model = linear_model.LogisticRegression(max_iter=1000, random_state=seed)
   model.fit(x_train, y_train)
   return dict(
@@ -274,14 +285,16 @@ def factor_vae_score(
       reduce=reduce, chunk_rows=chunk_rows)
   num_dims = codes.shape[1]
 
-  def votes(k, n):
-    labels, argmins = make(k, num_groups=n)
+  def votes(k, n, desc):
+    labels, argmins = make(k, num_groups=n, desc=desc)
     v = np.zeros((len(choices), num_dims), np.int64)
     np.add.at(v, (labels, argmins[:, 0]), 1)
     return v
 
-  train_votes = votes(jax.random.fold_in(key, 1), num_train)
-  eval_votes = votes(jax.random.fold_in(key, 2), num_eval)
+  train_votes = votes(jax.random.fold_in(key, 1), num_train,
+                      '  FactorVAE score, train points')
+  eval_votes = votes(jax.random.fold_in(key, 2), num_eval,
+                     '  FactorVAE score, eval points')
   classifier = np.argmax(train_votes, axis=0)  # [D] factor of each dim
   dims = np.arange(num_dims)
   return dict(

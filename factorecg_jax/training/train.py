@@ -14,6 +14,7 @@ import datetime
 import functools
 import itertools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -32,6 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from factorecg_jax import console
 from factorecg_jax import models
 from factorecg_jax.data import input_pipeline
 from factorecg_jax.training import checkpoints
@@ -46,6 +48,9 @@ Metrics = dict[str, jax.Array]
 
 # Metrics whose non-finite value stops training (the rest are only logged).
 GUARDED_METRICS = ('loss', 'l2_grads', 'l2_params')
+# Eval metrics shown on the console (all of them go to metrics.jsonl).
+EVAL_HEADLINE = ('loss', 'r2', 'mse', 'kl', 'active_units', 'auroc',
+                 'c_index', 'mae')
 
 
 def train_step(
@@ -338,10 +343,62 @@ def _describe_data(info: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _format_eta(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return '?'
-  return str(datetime.timedelta(seconds=int(seconds)))
+def resolve_num_steps(
+    train_cfg: Mapping[str, Any], num_train: int | None
+) -> tuple[int, str]:
+  """The number of training steps, resolved when the run starts.
+
+  An explicit `train.num_steps > 0` wins. Otherwise the steps come from
+  `train.num_epochs` over the training set actually read (`num_train`
+  records) at the global batch size, rounded up, so that overriding the
+  batch size or the data size keeps the number of epochs.
+
+  Args:
+    train_cfg: `config.train` (`num_steps`, `num_epochs`, `batch_size`).
+    num_train: records in the training split (the data pipeline's count).
+
+  Returns:
+    `(num_steps, how)`, `how` a short note for config.json and the console.
+
+  Raises:
+    ValueError: if neither `num_steps` nor `num_epochs` (with a known data
+      size) is positive.
+  """
+  num_steps = int(train_cfg.get('num_steps', 0) or 0)
+  if num_steps > 0:
+    return num_steps, 'train.num_steps'
+  num_epochs = float(train_cfg.get('num_epochs', 0) or 0)
+  batch_size = int(train_cfg['batch_size'])
+  if num_epochs <= 0 or not num_train:
+    raise ValueError(
+        'Set train.num_steps > 0, or train.num_epochs > 0 with a training set '
+        f'of known size (num_steps={num_steps}, num_epochs={num_epochs}, '
+        f'num_train={num_train}).'
+    )
+  steps = max(1, math.ceil(num_epochs * int(num_train) / batch_size))
+  return steps, (f'train.num_epochs={num_epochs:g} x {int(num_train)} '
+                 f'records / batch {batch_size}')
+
+
+def resolved_config(
+    config: ml_collections.ConfigDict, num_steps: int
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with `train.num_steps` set to the resolved value."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.train.num_steps = int(num_steps)
+  return out
+
+
+def final_metrics(workdir: str) -> dict[str, float]:
+  """The last logged train and eval scalars of a run (from metrics.jsonl)."""
+  out: dict[str, float] = {}
+  for row in writer_lib.read_metrics(workdir):
+    for key, value in row.items():
+      if key.startswith(('train/', 'eval/')) and '_dim_' not in key:
+        out[key] = value
+    if 'step' in row:
+      out['step'] = row['step']
+  return out
 
 
 def train_and_evaluate(
@@ -375,7 +432,6 @@ def train_and_evaluate(
     ValueError: if a batch size does not divide over devices/processes.
   """
   train_cfg = config.train
-  num_steps = int(train_cfg.num_steps)
   log_every = max(int(train_cfg.log_every), 1)
   eval_every = int(train_cfg.eval_every)
   checkpoint_every = int(train_cfg.checkpoint_every)
@@ -408,8 +464,6 @@ def train_and_evaluate(
       save_interval_steps=checkpoint_every or 1,
   )
   start_step = manager.latest_step() or 0
-  if start_step:
-    check_resume_config(config, workdir)
 
   # Data: each process reads its own rows of every global batch.
   get_datasets = get_datasets or input_pipeline.get_datasets
@@ -419,6 +473,15 @@ def train_and_evaluate(
       seed=config.seed,
       start_step=start_step,
   )
+  # Epoch-based runs get their step count from the data actually read, so a
+  # batch- or data-size override keeps the number of epochs; config.json
+  # records the resolved value.
+  num_steps, steps_from = resolve_num_steps(
+      train_cfg, (data_info or {}).get('num_train'))
+  config = resolved_config(config, num_steps)
+  train_cfg = config.train
+  if start_step:
+    check_resume_config(config, workdir)
   data_stream = train_iter  # closed at the end (stops prefetch threads)
   first_batch = next(train_iter)
   train_iter = itertools.chain([first_batch], train_iter)
@@ -472,6 +535,7 @@ def train_and_evaluate(
   writer = writer_lib.MetricWriter(workdir)
   run_info = _run_info(config, mesh, start_step)
   run_info['num_params'] = num_params
+  run_info['num_steps_from'] = steps_from
   run_info['data'] = _describe_data(data_info or {})
   writer.write_hparams(dict(config.to_dict(), run_info=run_info))
   logging.info('Data: %s', run_info['data'])
@@ -489,11 +553,22 @@ def train_and_evaluate(
         ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())
                   if '_dim_' not in k),
     )
+    shown = [k for k in EVAL_HEADLINE if k in scalars]
+    console.info(f'  eval at step {step}: ' + ', '.join(
+        f'{k} {scalars[k]:.4g}' for k in shown or ['loss'] if k in scalars))
 
   step = start_step
   pending: list[tuple[int, Metrics]] = []  # on device, not yet checked
   window: list[Mapping[str, np.ndarray]] = []  # on host, since last log
   last_log_time, last_log_step = time.perf_counter(), step
+  console.info(
+      f'  training {num_steps} steps ({steps_from}), batch '
+      f'{train_cfg.batch_size} on {jax.device_count()} device(s), '
+      f'{num_params:,} parameters'
+      + (f'; resuming at step {start_step}' if start_step else ''))
+  progress = console.Progress(
+      num_steps, 'train', unit='steps', rate_scale=train_cfg.batch_size,
+      rate_unit='ECGs', initial=start_step)
   try:
     with jax.set_mesh(mesh):
       while step < num_steps:
@@ -514,6 +589,7 @@ def train_and_evaluate(
               time.perf_counter() - last_log_time,
           )
           last_log_time, last_log_step = time.perf_counter(), step
+          progress.update(1)
 
         is_last = step == num_steps
         is_log = step % log_every == 0 or is_last
@@ -545,11 +621,11 @@ def train_and_evaluate(
           writer.write_scalars(step, means)
           writer.flush()
           logging.info(
-              'step %d/%d | loss %.5g | %.2f steps/s | %.1f ECGs/s | '
-              'ETA %s', step, num_steps, means['train/loss'], steps_per_sec,
+              'step %d/%d | loss %.5g | %.2f steps/s | %.1f ECGs/s',
+              step, num_steps, means['train/loss'], steps_per_sec,
               steps_per_sec * train_cfg.batch_size,
-              _format_eta((num_steps - step) / max(steps_per_sec, 1e-9)),
           )
+          progress.update(step - progress.done, loss=means['train/loss'])
           window = []
           last_log_time, last_log_step = now, step
 
@@ -562,10 +638,12 @@ def train_and_evaluate(
           run_eval(step, state)
           # Throughput figures count training time only.
           last_log_time += time.perf_counter() - eval_start
+          progress.exclude(time.perf_counter() - eval_start)
       if start_step >= num_steps:
         logging.info('Already trained to step %d; evaluating only.', step)
         run_eval(step, state)
   finally:
+    progress.close()
     # Lets a save in flight complete even when training fails, so the last
     # good checkpoint is always whole.
     manager.wait_until_finished()
