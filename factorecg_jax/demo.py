@@ -4,13 +4,13 @@
 looks at first: example 12-lead ECGs (a normal beat, bundle branch blocks, ST
 elevation, a 10-s strip), factor histograms, label prevalences, measurement
 statistics, EF and survival (Kaplan-Meier by risk quartile), as PNG figures
-and one markdown summary. `run_demo` adds training of the demo VAE and the
-factor analyses, each stage reading the previous stage's saved output.
+and one markdown summary. `run_all` adds training of the demo VAE and the
+factor analyses, each stage reading the previous stage's saved output
+(factorecg_jax/stages/).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -144,93 +144,64 @@ def simulate_summary(config: ml_collections.ConfigDict, workdir: str
           f for f in os.listdir(out_dir) if f.endswith('.png'))), '']
   with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines))
-  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-    json.dump(headline, f, indent=2)
   logging.info('Simulated-data summary written to %s', out_dir)
   return headline
 
 
-MODES = ('simulate', 'train', 'encode', 'traverse', 'evaluate')
+def train_headline(workdir: str) -> tuple[dict[str, Any], dict[str, str]]:
+  """(headline, main output paths) of the training run in `workdir`."""
+  from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+  final = train.final_metrics(workdir)
+  headline: dict[str, Any] = {'steps': int(final.get('step', 0))}
+  for key, label in (('train/loss', 'train loss'), ('eval/loss', 'eval loss'),
+                     ('eval/r2', 'eval R^2'),
+                     ('eval/active_units', 'active units (eval)'),
+                     ('eval/auroc', 'eval AUROC'),
+                     ('eval/macro_auroc', 'eval macro AUROC'),
+                     ('eval/c_index', 'eval C-index')):
+    if key in final:
+      headline[label] = float(final[key])
+  paths = {'train metrics': os.path.join(workdir, 'metrics.jsonl'),
+           'checkpoints': os.path.join(workdir, 'checkpoints', '')}
+  return headline, paths
 
 
-def run_stage(mode: str, config: ml_collections.ConfigDict,
-              workdir: str) -> Any:
-  """Runs one mode of main.py and returns its result."""
-  # Imported here so `--mode=simulate` needs no model or training code.
-  if mode == 'simulate':
-    return simulate_summary(config, workdir)
-  if mode == 'train':
-    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
-    return train.train_and_evaluate(config, workdir)
-  from factorecg_jax import runs  # pylint: disable=g-import-not-at-top
-  modes = {'encode': runs.encode_mode, 'traverse': runs.traverse_mode,
-           'evaluate': runs.evaluate_mode}
-  if mode not in modes:
-    raise ValueError(f'Unknown mode {mode!r}; known: {MODES}.')
-  return modes[mode](config, workdir)
+def stage_headline(record: dict[str, Any], workdir: str
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+  """(headline, main output paths) of a saved stage summary.
+
+  The paths are the stage's folder and its first file (e.g. a markdown
+  table); the summary.json there lists everything else.
+  """
+  from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
+  name = record.get('stage', '')
+  paths = {}
+  if name in stages.STAGES:
+    paths[name] = os.path.join(workdir, stages.STAGES[name].out_dir, '')
+  files = record.get('files', {})
+  for key in ('markdown', 'summary', 'table'):
+    if key in files:
+      paths[f'{name} {key}'] = os.path.join(workdir, files[key])
+      break
+  return dict(record.get('headline', {})), paths
 
 
-def mode_summary(mode: str, result: Any, workdir: str
-                 ) -> tuple[list[tuple[str, Any]], dict[str, str]]:
-  """(headline rows, main output paths) of one mode's result."""
-  rows: list[tuple[str, Any]] = []
-  paths: dict[str, str] = {}
-  if mode == 'simulate':
-    rows += [('records', result['num_records']),
-             ('mean EF (%)', round(result['mean_ef'], 1)),
-             ('reduced EF (%)',
-              round(100 * result['reduced_ef_prevalence'], 1)),
-             ('1-year mortality (%)',
-              round(100 * result['one_year_mortality'], 1))]
-    paths['simulated data'] = os.path.join(workdir, 'simulated', 'summary.md')
-  elif mode == 'train':
-    from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
-    final = train.final_metrics(workdir)
-    rows.append(('steps', int(final.get('step', 0))))
-    for key, label in (('train/loss', 'train loss'),
-                       ('eval/loss', 'eval loss'), ('eval/r2', 'eval R^2'),
-                       ('eval/active_units', 'active units (eval)')):
-      if key in final:
-        rows.append((label, float(final[key])))
-    paths.update(config=os.path.join(workdir, 'config.json'),
-                 metrics=os.path.join(workdir, 'metrics.jsonl'),
-                 checkpoints=os.path.join(workdir, 'checkpoints'))
-  elif mode == 'encode':
-    rows.append(('active factors',
-                 f"{result['num_active']} of {result['latents']} "
-                 f"(KL > {result['kl_threshold']:g} nats)"))
-    rows.append(('records encoded', result['num_records']))
-    paths.update(factors=result['files']['table'],
-                 kl_plot=result['files']['kl_plot'])
-  elif mode == 'traverse':
-    rows.append(('factors traversed', len(result['dims'])))
-    paths['traversals'] = result['files']['all_active_factors']
-  elif mode == 'evaluate':
-    scores = result['scores']
-    for key, label in (('mig', 'MIG'),
-                       ('dci_disentanglement', 'DCI disentanglement'),
-                       ('sap', 'SAP'),
-                       ('beta_vae_eval_accuracy', 'BetaVAE accuracy'),
-                       ('factor_vae_eval_accuracy', 'FactorVAE accuracy')):
-      if key in scores:
-        rows.append((label, float(scores[key])))
-    named = [b['label'] for b in result['best']]
-    rows.append(('factor names',
-                 f'{len(set(named))} distinct over {len(named)} factors'))
-    paths['disentanglement'] = result['paths']['markdown']
-  return rows, paths
-
-
-def run_demo(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Simulate -> train -> encode -> traverse -> evaluate, in one workdir."""
+def run_all(config: ml_collections.ConfigDict, workdir: str, *,
+            force: bool = False, title: str = 'Run finished') -> None:
+  """`--mode=all` / `--mode=demo`: every stage in order, then a summary."""
+  from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
+  from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  rows, paths = [], {}
-  for i, mode in enumerate(MODES):
-    with console.stage(f'{i + 1}/{len(MODES)} {mode}'):
-      result = run_stage(mode, config, workdir)
-    mode_rows, mode_paths = mode_summary(mode, result, workdir)
-    rows += mode_rows
-    paths.update(mode_paths)
-  rows.insert(0, ('wall time', console.format_duration(
-      time.perf_counter() - t0)))
-  console.summary(f'Demo finished: results in {workdir}', rows, paths)
+  done = stages.run_all(config, workdir, train_fn=train.train_and_evaluate,
+                        force=force)
+  rows: list[tuple[str, Any]] = [('wall time', console.format_duration(
+      time.perf_counter() - t0))]
+  paths: dict[str, str] = {}
+  for name, record in done:
+    if name == stages.TRAIN:
+      headline, more = train_headline(workdir)
+    else:
+      headline, more = stage_headline(record or {}, workdir)
+    rows += list(headline.items())
+    paths.update(more)
+  console.summary(f'{title}: results in {workdir}', rows, paths)

@@ -3,10 +3,12 @@
   python -m factorecg_jax.main --config=configs/demo.py --workdir=runs/demo \
       --mode=demo [--config.train.num_steps=1000 ...]
 
-Modes: simulate (data summary), train, encode (factors of a trained VAE),
-traverse (factor traversals), evaluate (disentanglement metrics), demo (all
-of them in order). Several processes (multi-host) are detected from the
-environment and joined with `jax.distributed.initialize()`.
+Modes: train, any registered stage (factorecg_jax/stages/: simulate, encode,
+traverse, evaluate, ...; more with --stage_modules=my_stage.py), all
+(training and every stage in order, skipping those whose outputs are up to
+date) and demo (the same, as `make demo` runs it). Several processes
+(multi-host) are detected from the environment and joined with
+`jax.distributed.initialize()`.
 
 The console shows one line per stage start/end, a progress line for long
 loops and a closing summary; library INFO logs (orbax, absl, jax) are hidden
@@ -29,10 +31,18 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (ml_collections).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
-_MODE = flags.DEFINE_enum(
+_MODE = flags.DEFINE_string(
     'mode', 'train',
-    ['simulate', 'train', 'encode', 'traverse', 'evaluate', 'demo'],
-    'What to run.')
+    "What to run: 'train', a stage name (simulate, encode, traverse, "
+    "evaluate, ... from factorecg_jax/stages/ and --stage_modules), 'all' "
+    "(training and every stage in order, skipping up-to-date ones) or "
+    "'demo' (the same, as `make demo` runs it).")
+_STAGE_MODULES = flags.DEFINE_list(
+    'stage_modules', [],
+    'Extra stage modules to load: dotted names or paths to .py files that '
+    'register stages (factorecg_jax.stages.register).')
+_FORCE = flags.DEFINE_bool(
+    'force', False, "With --mode=all/demo: rerun stages that are up to date.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Environment variables that mean "this is one of several processes".
@@ -40,15 +50,34 @@ _MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
                      'TPU_WORKER_HOSTNAMES', 'OMPI_COMM_WORLD_SIZE')
 
 
+_RUN_ALL = ('all', 'demo')
+
+
+def known_modes() -> list[str]:
+  """'train', 'all', 'demo' and every registered stage."""
+  from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
+  stages.discover()
+  stages.load_stage_modules(_STAGE_MODULES.value)
+  return ['train', *_RUN_ALL, *(s.name for s in stages.ordered())]
+
+
 def _run(mode: str, config, workdir: str) -> None:
   from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
-  if mode == 'demo':
-    demo.run_demo(config, workdir)
+  from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
+  if mode in _RUN_ALL:
+    demo.run_all(config, workdir, force=_FORCE.value,
+                 title='Demo finished' if mode == 'demo' else 'Run finished')
     return
-  # Each mode's code is imported on use: `simulate` loads no model code.
   with console.stage(mode, f'workdir {workdir}'):
-    result = demo.run_stage(mode, config, workdir)
-  rows, paths = demo.mode_summary(mode, result, workdir)
+    if mode == 'train':
+      from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+      train.train_and_evaluate(config, workdir)
+    else:
+      record = stages.run_stage(mode, config, workdir)
+  if mode == 'train':
+    rows, paths = demo.train_headline(workdir)
+  else:
+    rows, paths = demo.stage_headline(record, workdir)
   console.summary(f'{mode}: results', rows, paths)
 
 
@@ -65,6 +94,10 @@ def main(argv):
   config = _CONFIG.value
   # Reject bad values before any compute (unknown keys already failed).
   config_checks.validate(config)
+  modes = known_modes()
+  if _MODE.value not in modes:
+    raise app.UsageError(
+        f'Unknown --mode={_MODE.value}; known: {", ".join(modes)}.')
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),

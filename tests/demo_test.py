@@ -64,7 +64,7 @@ def test_factors_and_intervention_metrics_of_the_trained_demo_vae(demo_run):
   _main(demo_run, 'encode')
   with open(os.path.join(demo_run, 'factors', 'summary.json')) as f:
     summary = json.load(f)
-  assert 1 <= summary['num_active'] <= 32
+  assert 1 <= summary['scalars']['num_active'] <= 32
   _main(demo_run, 'evaluate')
   with open(os.path.join(demo_run, 'disentanglement', 'metrics.json')) as f:
     result = json.load(f)

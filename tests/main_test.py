@@ -65,10 +65,13 @@ def test_simulate_mode_writes_summary(tmp_path):
   for name in ('factors.png', 'labels.png', 'survival.png', 'strip.png',
                'summary.md', 'summary.json'):
     assert (out / name).stat().st_size > 0, name
-  headline = json.loads((out / 'summary.json').read_text())
+  saved = json.loads((out / 'summary.json').read_text())
+  headline = saved['scalars']
+  assert saved['stage'] == 'simulate'
+  assert saved['figures']['factors'] == 'simulated/factors.png'
   assert headline['num_records'] == 48
   assert 0 < headline['one_year_mortality'] < 0.3
-  assert set(headline['prevalence_percent']) == set(
+  assert {r['label'] for r in saved['tables']['label_prevalence']} == set(
       __import__('factorecg_jax.data.simulator', fromlist=['x']).LABEL_NAMES)
 
 

@@ -1,30 +1,15 @@
-"""The analysis modes of main.py: restore a trained VAE and analyse its factors.
+"""Helpers shared by the VAE factor stages (encode, traverse, evaluate).
 
-Each mode takes the experiment config and a run directory written by
-`--mode=train` (`training.train.train_and_evaluate`) and writes into it:
-
-  --mode=encode    factors/factors_<split>.npz  mu, sd, ids (+ true factors
-                                                and labels of simulated data)
-                   factors/factors_<split>.csv  the same as a flat table
-                   factors/summary.json         KL per dim, active factors
-                   factors/kl_per_dim.png       KL bar chart
-  --mode=traverse  traversals/factor_<d>.png    12-lead traversal per active
-                                                factor (population mean)
-                   traversals/all_active_factors.png
-                   traversals/record_<id>_factors.png  one record's factors
-                   traversals/traversals.npz, summary.json
-  --mode=evaluate  disentanglement/...          metrics (disentanglement_report)
-
-Inputs are normalised as in training (the run's config.json keeps the
-normaliser) and decoded beats are mapped back to mV before plotting. The
-knobs are `config.analysis` (see configs/factorecg_paper.py). These modes run
-in one process, data-parallel over its devices.
+Restoring the trained VAE of a run, the analysis split read as training read
+it (inputs normalised with the run's own normaliser), batched encoding to the
+factors file `<workdir>/factors/factors_<split>.npz`, and a decoder that maps
+outputs back to mV. Stages run in one process, data-parallel over its
+devices. Not a stage itself (the leading underscore keeps `discover` away).
 """
 
 import functools
 import json
 import os
-import re
 from typing import Any
 
 from absl import logging
@@ -34,10 +19,8 @@ import ml_collections
 import numpy as np
 
 from factorecg_jax import console
-from factorecg_jax.analysis import disentanglement_report
+from factorecg_jax import stages
 from factorecg_jax.analysis import factors as factors_lib
-from factorecg_jax.analysis import interventions
-from factorecg_jax.analysis import ranking
 from factorecg_jax.data import input_pipeline
 from factorecg_jax.data import simulator
 from factorecg_jax.training import checkpoints
@@ -54,7 +37,7 @@ EXTRA_FIELDS = ('id', 'factors', 'labels')
 TRAVERSAL_SCALES = ('population', 'prior')
 
 
-def _check_single_process(mode: str) -> None:
+def check_single_process(mode: str) -> None:
   if jax.process_count() > 1:
     raise NotImplementedError(
         f'--mode={mode} runs in one process (it uses every device of that '
@@ -101,7 +84,7 @@ def _check_model_matches(
     )
 
 
-def _restore(
+def restore(
     config: ml_collections.ConfigDict, workdir: str,
     step: int | None = None
 ) -> tuple[Any, Any, int]:
@@ -177,7 +160,7 @@ def restore_model(
     FileNotFoundError: if the run has no checkpoint.
     ValueError: if `config.model` differs from the run's.
   """
-  model, params, _ = _restore(config, workdir, step)
+  model, params, _ = restore(config, workdir, step)
   return model, params
 
 
@@ -213,7 +196,7 @@ def training_normalizer(
   return input_pipeline.identity_normalizer()
 
 
-def _batch_size(config: ml_collections.ConfigDict) -> int:
+def batch_size(config: ml_collections.ConfigDict) -> int:
   return int(
       config.analysis.get('batch_size', 0)
       or config.train.get('eval_batch_size', 0)
@@ -221,7 +204,7 @@ def _batch_size(config: ml_collections.ConfigDict) -> int:
   )
 
 
-def _analysis_source(
+def analysis_source(
     config: ml_collections.ConfigDict, workdir: str
 ) -> tuple[Any, input_pipeline.Normalizer, str, tuple[str, ...]]:
   """The split to analyse, the training normaliser, input key and fields.
@@ -254,7 +237,7 @@ def _analysis_source(
     data.extra_keys = base + extras
     try:
       _, _, info = input_pipeline.get_datasets(
-          data, global_batch_size=_batch_size(config), seed=config.seed
+          data, global_batch_size=batch_size(config), seed=config.seed
       )
       break
     except KeyError as e:
@@ -264,7 +247,7 @@ def _analysis_source(
   return info['eval_source'], normalizer, info['input_key'], extras + base
 
 
-def _denormalizing_decode_fn(model, params, normalizer):
+def denormalizing_decode_fn(model, params, normalizer):
   """`z [m, D] -> beats [m, T, L]` in mV, jitted once per batch size."""
   mean = jnp.asarray(normalizer.mean)
   std = jnp.asarray(normalizer.std)
@@ -280,17 +263,17 @@ def _denormalizing_decode_fn(model, params, normalizer):
   return functools.partial(decode, params)
 
 
-def _encode_apply(model):
+def encode_apply(model):
   def encode(params, x):
     return model.apply({'params': params}, x, method='encode')
   return encode
 
 
-def _factors_path(workdir: str, split: str) -> str:
+def factors_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, FACTORS_DIR, f'factors_{split}.npz')
 
 
-def _plot_kl(kl: np.ndarray, threshold: float, path: str) -> str:
+def plot_kl(kl: np.ndarray, threshold: float, path: str) -> str:
   """Bar chart of the mean KL per latent, active ones highlighted."""
   # pylint: disable-next=g-import-not-at-top
   from matplotlib import figure as mfigure
@@ -315,7 +298,7 @@ def _plot_kl(kl: np.ndarray, threshold: float, path: str) -> str:
   return str(ecg_plot.save_figure(fig, path))
 
 
-def _encode_and_save(
+def encode_and_save(
     config: ml_collections.ConfigDict, workdir: str, model, params,
     step: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -323,23 +306,23 @@ def _encode_and_save(
   analysis = config.analysis
   split = analysis.get('split', 'validation')
   threshold = float(analysis.kl_threshold)
-  source, normalizer, input_key, extras = _analysis_source(config, workdir)
-  batch_size = _batch_size(config)
+  source, normalizer, input_key, extras = analysis_source(config, workdir)
+  rows_per_batch = batch_size(config)
   mesh = sharding.make_mesh()
   # Data-parallel over the devices when the batch splits evenly.
-  rows = (sharding.rows(mesh) if batch_size % mesh.devices.size == 0
+  rows = (sharding.rows(mesh) if rows_per_batch % mesh.devices.size == 0
           else None)
   batches = input_pipeline.eval_iterator(
-      source, global_batch_size=batch_size, keys=('ecg',) + extras,
+      source, global_batch_size=rows_per_batch, keys=('ecg',) + extras,
       process_index=0, process_count=1, normalizer=normalizer,
       input_key=input_key,
       prefetch_size=int(config.data.get('prefetch', 0)),
   )
-  with console.Progress(-(-len(source) // batch_size), '  encode',
-                        unit='batches', rate_scale=batch_size,
+  with console.Progress(-(-len(source) // rows_per_batch), '  encode',
+                        unit='batches', rate_scale=rows_per_batch,
                         rate_unit='ECGs') as progress:
     out = factors_lib.encode_dataset(
-        _encode_apply(model), batches, params=params, sharding=rows,
+        encode_apply(model), batches, params=params, sharding=rows,
         progress=progress,
     )
   kl = factors_lib.kl_per_dim(out['mu'], out['sd'])
@@ -361,230 +344,46 @@ def _encode_and_save(
     if out['labels'].shape[1] == len(simulator.LABEL_NAMES):
       label_names = list(simulator.LABEL_NAMES)
       saved['label_names'] = np.asarray(label_names)
-  npz_path = factors_lib.save_factors(_factors_path(workdir, split), saved)
+  npz_path = factors_lib.save_factors(factors_path(workdir, split), saved)
   csv_path = factors_lib.write_csv(
       npz_path[:-len('.npz')] + '.csv',
       factors_lib.factors_table(saved, factor_names=factor_names,
                                 label_names=label_names),
   )
   folder = os.path.join(workdir, FACTORS_DIR)
-  kl_path = _plot_kl(kl, threshold, os.path.join(folder, 'kl_per_dim.png'))
-  summary = dict(
-      split=split, num_records=int(len(out['mu'])), latents=num_latents,
-      checkpoint_step=step, kl_threshold=threshold,
-      num_active=int(len(active)), active_factors=active.tolist(),
-      kl_per_dim=kl.tolist(), normalization=normalizer.kind,
-      fields=sorted(saved),
-      files=dict(factors=npz_path, table=csv_path, kl_plot=kl_path),
+  kl_path = plot_kl(kl, threshold, os.path.join(folder, 'kl_per_dim.png'))
+  summary = stages.summary(
+      scalars=dict(num_active=int(len(active)), latents=num_latents,
+                   num_records=int(len(out['mu'])), kl_threshold=threshold),
+      headline={'active factors': f'{len(active)} of {num_latents} (KL > '
+                                  f'{threshold:g} nats)',
+                'records encoded': int(len(out['mu']))},
+      tables=dict(kl_per_dim=[
+          dict(dim=d, kl=float(kl[d]), active=bool(d in set(active)))
+          for d in range(num_latents)]),
+      figures=dict(kl_per_dim=kl_path),
+      files=dict(factors=npz_path, table=csv_path),
+      details=dict(split=split, active_factors=active.tolist(),
+                   kl_per_dim=kl.tolist(), normalization=normalizer.kind,
+                   fields=sorted(saved)),
   )
-  with open(os.path.join(folder, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2)
   console.info(f'  {len(active)} of {num_latents} factors active '
                f'(KL > {threshold:g} nats) on {len(out["mu"])} {split} '
                'records.')
   return saved, summary
 
 
-def encode_mode(
-    config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, Any]:
-  """--mode=encode: factors of `config.analysis.split`, with KL selection.
-
-  Encodes the split's first `analysis.num_records` records with the latest
-  checkpoint (inputs normalised as in training) and writes
-  `<workdir>/factors/`: `factors_<split>.npz` (mu, sd [n, D] float32, ids,
-  index [n], kl_per_dim [D], active_factors, and for simulated data the true
-  factors [n, 14] and labels [n, 16] with their names), the same as a CSV,
-  `summary.json` and `kl_per_dim.png`. Prints how many factors are active.
-
-  Args:
-    config: experiment config (the run's; see `config.analysis`).
-    workdir: run directory written by --mode=train.
-
-  Returns:
-    The summary written to summary.json.
-  """
-  _check_single_process('encode')
-  model, params, step = _restore(config, workdir)
-  _, summary = _encode_and_save(config, workdir, model, params, step)
-  return summary
-
-
-def _load_or_encode(config, workdir, model, params, step):
+def load_or_encode(config, workdir, model, params, step):
   """The factors of the analysis split, re-encoded if missing or stale."""
   analysis = config.analysis
-  path = _factors_path(workdir, analysis.get('split', 'validation'))
+  path = factors_path(workdir, analysis.get('split', 'validation'))
   if os.path.exists(path):
     saved = factors_lib.load_factors(path)
     want = int(analysis.get('num_records', 0))
     if int(saved['step']) == step and (want <= 0 or len(saved['mu']) == want):
       return saved
     logging.info('Factors in %s are stale; encoding again.', path)
-  saved, _ = _encode_and_save(config, workdir, model, params, step)
+  saved, _ = encode_and_save(config, workdir, model, params, step)
   return saved
 
 
-def traverse_mode(
-    config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, Any]:
-  """--mode=traverse: traversal figures of the active factors.
-
-  Model level: the population mean of the factors (of the encoded split)
-  with one active factor set to `analysis.traversal_sds` population SDs
-  (`analysis.traversal_scale='prior'`: prior SDs) and decoded, one 12-lead
-  overlay per factor and a grid of all active factors over
-  `analysis.traversal_leads`. Individual level: the same for the record
-  `analysis.record_index` of the split (its factors as the start). Uses the
-  split's factors file if it is up to date, else encodes first.
-
-  Args:
-    config: experiment config (the run's).
-    workdir: run directory written by --mode=train.
-
-  Returns:
-    The summary written to `<workdir>/traversals/summary.json`.
-
-  Raises:
-    ValueError: if the record is not among the encoded records.
-  """
-  _check_single_process('traverse')
-  analysis = config.analysis
-  model, params, step = _restore(config, workdir)
-  saved = _load_or_encode(config, workdir, model, params, step)
-  mu = saved['mu']
-  threshold = float(analysis.kl_threshold)
-  kl = factors_lib.kl_per_dim(mu, saved['sd'])
-  dims = factors_lib.active_factors(kl, threshold)
-  if not len(dims):
-    logging.warning('No factor has KL > %g nats; traversing all %d.',
-                    threshold, len(kl))
-    dims = ranking.argsort_descending(kl)
-  sds = np.asarray(tuple(analysis.traversal_sds), np.float64)
-  leads = tuple(analysis.traversal_leads)
-  kind = analysis.get('traversal_scale', 'population')
-  if kind not in TRAVERSAL_SCALES:
-    raise ValueError(f'analysis.traversal_scale={kind!r}; use one of '
-                     f'{TRAVERSAL_SCALES}.')
-  scale = (factors_lib.population_sd(mu) if kind == 'population'
-           else np.ones(mu.shape[1]))
-  record = int(analysis.record_index)
-  where = np.flatnonzero(saved['index'] == record)
-  if not len(where):
-    raise ValueError(
-        f'analysis.record_index={record} is not among the {len(mu)} encoded '
-        f"records of split {saved['split']!s} (indices "
-        f"{saved['index'].min()}..{saved['index'].max()})."
-    )
-  record_id = saved['ids'][where[0]]
-  normalizer = training_normalizer(config, workdir)
-  decode_fn = _denormalizing_decode_fn(model, params, normalizer)
-  population = factors_lib.population_traversal(
-      decode_fn, mu, dims, sds, scale=scale
-  )
-  individual = factors_lib.individual_traversal(
-      decode_fn, mu[where[0]], dims, sds, scale
-  )
-
-  folder = os.path.join(workdir, TRAVERSALS_DIR)
-  unit = f'{kind} SD'
-  paths = {}
-  progress = console.Progress(len(dims) + 2, '  traversal figures',
-                              unit='figures')
-  for i, d in enumerate(dims):
-    progress.update(1)
-    fig = ecg_plot.plot_traversal(
-        population[i], sds, factor_name=f'factor {d}', value_label=unit,
-        title=(f'Factor {d} (KL {kl[d]:.3g} nats): population mean, '
-               f'factor moved by {sds.min():g}..{sds.max():g} {unit}'),
-    )
-    paths[f'factor_{d:02d}'] = str(ecg_plot.save_figure(
-        fig, os.path.join(folder, f'factor_{d:02d}.png'), dpi=100))
-  rows = {f'factor {d}': population[i] for i, d in enumerate(dims)}
-  fig = ecg_plot.plot_traversal_grid(
-      rows, sds, leads=leads, value_label=unit,
-      title=f'{len(dims)} factors: population mean, one factor moved')
-  paths['all_active_factors'] = str(ecg_plot.save_figure(
-      fig, os.path.join(folder, 'all_active_factors.png'), dpi=100))
-  progress.update(1)
-  rows = {f'factor {d}': individual[i] for i, d in enumerate(dims)}
-  fig = ecg_plot.plot_traversal_grid(
-      rows, sds, leads=leads, value_label=unit,
-      title=f'Record {record_id}: its factors, one factor moved')
-  # Record ids of real data sets may hold characters unfit for file names.
-  name = 'record_' + re.sub(r'[^A-Za-z0-9_.-]', '_', str(record_id))
-  name += '_factors'
-  paths[name] = str(ecg_plot.save_figure(
-      fig, os.path.join(folder, f'{name}.png'), dpi=100))
-  progress.update(1)
-  progress.close()
-
-  paths['arrays'] = factors_lib.save_factors(
-      os.path.join(folder, 'traversals.npz'),
-      dict(population=population, individual=individual, dims=dims,
-           sds=sds, scale=scale, center=mu.mean(axis=0),
-           record_factors=mu[where[0]], record_index=record,
-           record_id=record_id, kl_per_dim=kl, step=step),
-  )
-  summary = dict(
-      checkpoint_step=step, split=str(saved['split']),
-      num_records=int(len(mu)), kl_threshold=threshold,
-      dims=[int(d) for d in dims], num_active=int(np.sum(kl > threshold)),
-      sds=sds.tolist(), traversal_scale=kind, record_index=record,
-      record_id=np.asarray(record_id).item(), leads=list(leads),
-      files=paths,
-  )
-  with open(os.path.join(folder, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2)
-  console.info(f'  traversed {len(dims)} factors; figures in {folder}.')
-  return summary
-
-
-def evaluate_mode(
-    config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, Any]:
-  """--mode=evaluate: disentanglement metrics of the trained encoder.
-
-  Encodes simulated records (ground-truth factors known; simulator mode and
-  seed of `config.data`, so the metric's training records are the VAE's own
-  first training records and its test records the first validation ones),
-  `analysis.metrics_num_train` / `metrics_num_test` of them, and runs
-  `disentanglement_report.evaluate_run` with the simulator as the generator
-  of the intervention scores (`analysis.interventions`,
-  `analysis.intervention_*` sizes). Writes `<workdir>/disentanglement/`.
-
-  Args:
-    config: experiment config (the run's).
-    workdir: run directory written by --mode=train.
-
-  Returns:
-    `evaluate_run`'s result ('scores', 'names', 'best', 'paths').
-  """
-  _check_single_process('evaluate')
-  analysis = config.analysis
-  model, params, _ = _restore(config, workdir)
-  normalizer = training_normalizer(config, workdir)
-  # evaluate_run feeds beats in mV: normalise inside the jitted encoder.
-  mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
-  encode_fn = disentanglement_report.make_encode_fn(
-      model.apply, {'params': params}, batch_size=_batch_size(config),
-      preprocess=(None if normalizer.kind == 'none'
-                  else lambda x: (x - mean) / std),
-  )
-  mode = config.data.get('mode', 'uniform')
-  if config.data.source != 'simulated':
-    logging.info('Disentanglement needs true factors: evaluating on '
-                 'simulated records (mode %r).', mode)
-  intervention_kwargs = {
-      k[len('intervention_'):]: analysis[k] for k in analysis
-      if k.startswith('intervention_')
-  }
-  result = disentanglement_report.evaluate_run(
-      workdir, encode_fn=encode_fn,
-      num_train=int(analysis.metrics_num_train),
-      num_test=int(analysis.metrics_num_test), mode=mode,
-      seed=int(config.data.get('seed', 0)),
-      interventions_enabled=bool(analysis.get('interventions', True)),
-      generator=interventions.simulator_generator(mode),
-      intervention_kwargs=intervention_kwargs,
-  )
-  return result

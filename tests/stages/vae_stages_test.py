@@ -1,4 +1,4 @@
-"""End-to-end tests of the analysis modes on a tiny trained run (8 CPUs)."""
+"""End-to-end tests of the VAE factor stages on a tiny trained run (8 CPUs)."""
 
 import csv
 import importlib.util
@@ -10,12 +10,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from factorecg_jax import runs
+from factorecg_jax import stages
 from factorecg_jax.analysis import factors as factors_lib
 from factorecg_jax.data import sources
+from factorecg_jax.stages import _common
 from factorecg_jax.training import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+stages.discover()
 
 
 def _load_config(name: str, arg: str | None = None):
@@ -56,7 +59,7 @@ def _validation_beats(config, n):
 
 
 def test_restore_model(run):
-  model, params = runs.restore_model(run['config'], run['workdir'])
+  model, params = _common.restore_model(run['config'], run['workdir'])
   assert model.latents == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
                jax.device_get(run['params']))
@@ -64,16 +67,16 @@ def test_restore_model(run):
 
 def test_restore_errors(run, tmp_path):
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
-    runs.restore_model(run['config'], str(tmp_path))
+    _common.restore_model(run['config'], str(tmp_path))
   other = ml_collections.ConfigDict(run['config'].to_dict())
   other.model.latents = 5
   with pytest.raises(ValueError, match='latents'):
-    runs.restore_model(other, run['workdir'])
+    _common.restore_model(other, run['workdir'])
 
 
 def test_encode_mode(run, capsys):
   config, workdir = run['config'], run['workdir']
-  summary = runs.encode_mode(config, workdir)
+  summary = stages.run_stage('encode', config, workdir)
   folder = os.path.join(workdir, 'factors')
   saved = factors_lib.load_factors(
       os.path.join(folder, 'factors_validation.npz'))
@@ -86,9 +89,9 @@ def test_encode_mode(run, capsys):
   # The factors are the encoder's outputs on the normalised records.
   records = _validation_beats(config, 64)
   np.testing.assert_array_equal(saved['factors'], records['factors'])
-  normalizer = runs.load_normalizer(workdir)
+  normalizer = _common.load_normalizer(workdir)
   assert normalizer.kind == 'per_lead'
-  model, params = runs.restore_model(config, workdir)
+  model, params = _common.restore_model(config, workdir)
   mu, sd = model.apply({'params': params}, normalizer(records['beat']),
                        method='encode')
   np.testing.assert_allclose(saved['mu'], mu, rtol=1e-4, atol=1e-5)
@@ -97,10 +100,14 @@ def test_encode_mode(run, capsys):
   kl = factors_lib.kl_per_dim(saved['mu'], saved['sd'])
   np.testing.assert_allclose(saved['kl_per_dim'], kl)
   want = [d for d in np.argsort(-kl) if kl[d] > 0.02]
-  assert summary['active_factors'] == want
-  assert summary['num_active'] == len(want)
+  assert summary['details']['active_factors'] == want
+  assert summary['scalars']['num_active'] == len(want)
   with open(os.path.join(folder, 'summary.json')) as f:
-    assert json.load(f)['active_factors'] == want
+    saved_summary = json.load(f)
+  assert saved_summary['details']['active_factors'] == want
+  assert saved_summary['stage'] == 'encode'
+  assert saved_summary['figures']['kl_per_dim'] == 'factors/kl_per_dim.png'
+  assert len(saved_summary['tables']['kl_per_dim']) == 4
   assert f'{len(want)} of 4 factors active' in capsys.readouterr().out
   with open(os.path.join(folder, 'factors_validation.csv'), newline='') as f:
     rows = list(csv.DictReader(f))
@@ -112,7 +119,7 @@ def test_traverse_mode(run):
   config, workdir = run['config'], run['workdir']
   config.analysis.kl_threshold = 0.0  # every factor, whatever training did
   try:
-    summary = runs.traverse_mode(config, workdir)
+    summary = stages.run_stage('traverse', config, workdir)
   finally:
     config.analysis.kl_threshold = 0.02
   folder = os.path.join(workdir, 'traversals')
@@ -120,8 +127,8 @@ def test_traverse_mode(run):
   sds = tuple(config.analysis.traversal_sds)
   assert arrays['population'].shape == (4, len(sds), 600, 12)
   assert arrays['individual'].shape == (4, len(sds), 600, 12)
-  assert sorted(summary['dims']) == [0, 1, 2, 3]
-  for d in summary['dims']:
+  assert sorted(summary['details']['dims']) == [0, 1, 2, 3]
+  for d in summary['details']['dims']:
     assert os.path.getsize(os.path.join(folder, f'factor_{d:02d}.png')) > 0
   for name in ('all_active_factors.png', 'record_5_factors.png'):
     assert os.path.getsize(os.path.join(folder, name)) > 0
@@ -129,8 +136,8 @@ def test_traverse_mode(run):
   # Step 0 SD decodes the population mean / the record's factors, in mV.
   saved = factors_lib.load_factors(
       os.path.join(workdir, 'factors', 'factors_validation.npz'))
-  model, params = runs.restore_model(config, workdir)
-  normalizer = runs.load_normalizer(workdir)
+  model, params = _common.restore_model(config, workdir)
+  normalizer = _common.load_normalizer(workdir)
   zero = sds.index(0.0)
   for start, traversal in ((saved['mu'].mean(0), 'population'),
                            (saved['mu'][5], 'individual')):
@@ -144,7 +151,7 @@ def test_traverse_mode(run):
 
 
 def test_evaluate_mode(run):
-  result = runs.evaluate_mode(run['config'], run['workdir'])
+  result = stages.run_stage('evaluate', run['config'], run['workdir'])
   folder = os.path.join(run['workdir'], 'disentanglement')
   with open(os.path.join(folder, 'metrics.json')) as f:
     saved = json.load(f)
@@ -153,6 +160,7 @@ def test_evaluate_mode(run):
   for key in ('mig', 'dci_disentanglement', 'sap', 'active_units'):
     assert np.isfinite(saved['scores'][key]), key
   assert 'beta_vae_eval_accuracy' not in saved['scores']
-  assert saved['scores'] == result['scores']
+  assert saved['scores'] == result['scalars']
+  assert result['tables']['factor_names']
   mats = np.load(os.path.join(folder, 'matrices.npz'))
   assert mats['mutual_info'].shape[0] == 4  # one row per latent
