@@ -113,7 +113,9 @@ def simulate_summary(config: ml_collections.ConfigDict, workdir: str
   ecg_plot.save_figure(fig, os.path.join(out_dir, 'labels.png'))
   meas = np.stack([rec['measurements'][k] for k in _MEASUREMENTS], axis=1)
   eta = np.asarray(sim.risk_score(jnp.asarray(rec['factors']),
-                                  jnp.asarray(rec['ef'])))
+                                  jnp.asarray(rec['ef']),
+                                  age=jnp.asarray(rec['age']),
+                                  sex=jnp.asarray(rec['sex'])))
   _km_figure(rec['time'], rec['event'], eta,
              os.path.join(out_dir, 'survival.png'))
 

@@ -6,13 +6,14 @@ percentile interval from 2,000 bootstrap resamples of the records (van de
 Leur et al. 2022; Efron & Tibshirani 1993, ch. 13).
 
 The resamples are one index matrix [R, n] per call, drawn from
-`np.random.default_rng(seed)` in row chunks (`bootstrap_indices`). AUROC and
-C-index are evaluated on all resamples at once: a resample equals the
-original records weighted by how often each was drawn, so a single sort of
-the split serves every resample and each resample costs O(n) (AUROC) or
-O(n log n) (C-index) array work, the same value as re-running the metric on
-the resampled records. Resamples on which a metric is undefined (one class;
-no comparable pair) are dropped and counted out in `num_resamples_used`.
+`np.random.default_rng(seed)` in row chunks (`bootstrap_indices`). AUROC,
+time-dependent AUROC and C-index are evaluated on all resamples at once: a
+resample equals the original records weighted by how often each was drawn,
+so a single sort of the split serves every resample and each resample costs
+O(n) (AUROCs) or O(n log n) (C-index) array work, the same value as
+re-running the metric on the resampled records. Resamples on which a metric
+is undefined (one class; no comparable pair) are dropped and counted out in
+`num_resamples_used`.
 
 Host-side numpy only (scipy, scikit-learn, lifelines, scikit-survival); no
 JAX or training code.
@@ -469,8 +470,16 @@ def bootstrap_time_dependent_auroc(
   """`time_dependent_auroc` with a bootstrap interval over the test split.
 
   The test records are resampled; the censoring model stays the one of the
-  (fixed) training split. A loop over resamples, O(n log n) each;
-  resamples scikit-survival refuses count as unusable.
+  (fixed) training split, so each case keeps its IPCW weight 1 / G(T_i)
+  and the AUC of a resample is the Mann-Whitney statistic of the cases
+  (weight multiplicity * IPCW) against the controls (weight multiplicity),
+  scikit-survival's trapezoid with its tied-score tolerance
+  (`_TIED_TOL`). All resamples are evaluated at once from one sort, as in
+  `bootstrap_auroc`; resamples without a case or a control are unusable.
+  Where scikit-survival refuses the whole test split's weights (an event
+  beyond the training censoring model), it falls back to a loop calling
+  `time_dependent_auroc` per resample, where resamples it refuses count as
+  unusable.
 
   Args:
     train_time, train_event, test_time, test_event, test_risk, horizon: as
@@ -493,13 +502,87 @@ def bootstrap_time_dependent_auroc(
     except ValueError:  # e.g. no resampled time beyond the horizon.
       return np.nan
 
-  def per_chunk(idx):
+  def loop_chunk(idx):
     return np.array([one(i) for i in idx], np.float64)
 
   value = time_dependent_auroc(train_time, train_event, test_time,
                                test_event, test_risk, horizon)
-  return _bootstrap(value, len(test_time), per_chunk,
-                    num_resamples=num_resamples, seed=seed, alpha=alpha)
+  n = len(test_time)
+  try:
+    case_weight = _ipcw_case_weights(train_time, train_event, test_time,
+                                     test_event, horizon)
+  except ValueError:  # Some resamples may still be usable: loop.
+    return _bootstrap(value, n, loop_chunk, num_resamples=num_resamples,
+                      seed=seed, alpha=alpha)
+  is_control = test_time > horizon
+  order, starts = _tolerant_score_groups(test_risk, _TIED_TOL)
+
+  def per_chunk(idx):
+    counts = _counts(idx, n)
+    return _weighted_auroc_float(counts * case_weight, counts * is_control,
+                                 order, starts)
+
+  return _bootstrap(value, n, per_chunk, num_resamples=num_resamples,
+                    seed=seed, alpha=alpha)
+
+
+# scikit-survival's `cumulative_dynamic_auc` default: risk scores closer
+# than this are tied.
+_TIED_TOL = 1e-8
+
+
+def _ipcw_case_weights(
+    train_time: Array,
+    train_event: Array,
+    test_time: np.ndarray,
+    test_event: np.ndarray,
+    horizon: float,
+) -> np.ndarray:
+  """[n] IPCW 1 / G(T_i) of the deaths by `horizon`, zero for the others.
+
+  G is scikit-survival's Kaplan-Meier estimate of the censoring
+  distribution on the training split, the weights `cumulative_dynamic_auc`
+  uses. Raises its ValueError when an event lies beyond that model.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from sksurv import nonparametric as sksurv_nonparametric
+  cens = sksurv_nonparametric.CensoringDistributionEstimator().fit(
+      _surv(np.asarray(train_time, np.float64),
+            np.asarray(train_event).astype(bool)))
+  ipcw = cens.predict_ipcw(_surv(test_time, test_event))
+  return np.where((test_time <= horizon) & test_event, ipcw, 0.0)
+
+
+def _tolerant_score_groups(
+    scores: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """As `_score_groups`, but neighbours (in sort order) within `tol` tie."""
+  order = np.argsort(scores, kind='stable')
+  sorted_scores = scores[order]
+  starts = np.flatnonzero(
+      np.r_[True, np.diff(sorted_scores) > tol])
+  return order, starts
+
+
+def _weighted_auroc_float(
+    pos_weight: np.ndarray,
+    neg_weight: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+) -> np.ndarray:
+  """AUROC per row of float positive/negative weights [rows, n].
+
+  sum over (positive i, negative j) of w_i v_j ([s_i > s_j] + 1/2 [tied])
+  over (sum w)(sum v); NaN where either sum is zero.
+  """
+  pos = np.add.reduceat(pos_weight[:, order], starts, axis=1)
+  neg = np.add.reduceat(neg_weight[:, order].astype(np.float64), starts,
+                        axis=1)
+  neg_below = np.cumsum(neg, axis=1) - neg
+  num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
+  denom = pos.sum(axis=1) * neg.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(denom > 0, num / np.where(denom > 0, denom, 1.0), np.nan)
 
 
 # ---------------------------------------------------------- calibration ---

@@ -11,6 +11,18 @@ Everything here is a pure JAX function of `(factors, key)`: jit-, vmap- and
 jvp-compatible, and the clean beat is differentiable in the factors (the
 ground-truth relevance masks of ECG_DOMAIN.md section 5 are its JVPs).
 
+Each record also carries outcomes (ECG_DOMAIN.md section 4): a synthetic
+ejection fraction and a censored Weibull proportional-hazards survival time,
+and two covariates that are not in the ECG (section 4a): age (years, N(62,
+14^2) clipped to [18, 95]) and sex (Bernoulli(0.5), 1 = male), drawn from
+their own key, independent of the 14 factors. By default (`survival_model=
+'age_sex'`) they enter the hazard, eta += 0.55 (age - 62) / 10 + 0.30 male;
+`survival_model='ecg_only'` gives the earlier hazard of the ECG factors and
+EF alone, record for record as before. Each model has its own baseline
+hazard, calibrated to 10 % 1-year mortality (`calibrate_lambda`). Factors,
+noise, EF noise, survival and covariates use separate per-record streams
+(`record_keys`), so adding the covariates changed no other stream.
+
 Conventions: times in ms relative to QRS onset unless said otherwise; the
 median beat has 600 samples at 500 Hz with QRS onset at sample 200; leads are
 ordered I, II, III, aVR, aVL, aVF, V1..V6; amplitudes in mV.
@@ -603,6 +615,22 @@ def labels_from_measurements(factors: jax.Array,
 # --------------------------------------------------------------------------
 # Synthetic ejection fraction and survival (ECG_DOMAIN.md section 4).
 
+# Age and sex (ECG_DOMAIN.md section 4a): age ~ N(62, 14^2) clipped to
+# [18, 95] years; log hazard ratios per 10 years of age and for men.
+AGE_MEAN, AGE_SD, AGE_LOW, AGE_HIGH = 62.0, 14.0, 18.0, 95.0
+AGE_LOG_HR_PER_DECADE = 0.55
+MALE_LOG_HR = 0.30
+# Hazard of the survival draw: 'age_sex' (default) adds the covariates to the
+# ECG/EF risk score; 'ecg_only' is the earlier draw, kept to reproduce
+# results made before the covariates existed.
+SURVIVAL_MODELS = ('age_sex', 'ecg_only')
+
+
+def _check_survival_model(survival_model: str) -> None:
+  if survival_model not in SURVIVAL_MODELS:
+    raise ValueError(f'survival_model must be one of {SURVIVAL_MODELS}, got '
+                     f'{survival_model!r}')
+
 
 def ejection_fraction(factors: jax.Array, key: jax.Array) -> jax.Array:
   """Synthetic EF (%) of one record; noise eps ~ N(0, 6^2) from `key`."""
@@ -615,12 +643,59 @@ def ejection_fraction(factors: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.clip(ef, 10.0, 80.0)
 
 
-def risk_score(factors: jax.Array, ef: jax.Array) -> jax.Array:
-  """Linear predictor eta of the proportional-hazards survival model."""
+def sample_covariates(key: jax.Array, n: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """Draws age and sex of `n` records (ECG_DOMAIN.md section 4a).
+
+  Independent of the factors: they come from their own key and nothing in the
+  ECG or EF depends on them.
+
+  Args:
+    key: PRNG key of the covariate stream.
+    n: number of records.
+
+  Returns:
+    (age [n] float32 years, N(AGE_MEAN, AGE_SD^2) clipped to [AGE_LOW,
+    AGE_HIGH]; sex [n] int32, 1 = male, Bernoulli(0.5)).
+  """
+  k_age, k_sex = jax.random.split(key)
+  age = AGE_MEAN + AGE_SD * jax.random.normal(k_age, (n,), jnp.float32)
+  sex = jax.random.bernoulli(k_sex, 0.5, (n,)).astype(jnp.int32)
+  return jnp.clip(age, AGE_LOW, AGE_HIGH), sex
+
+
+def risk_score(factors: jax.Array, ef: jax.Array,
+               age: jax.Array | None = None,
+               sex: jax.Array | None = None) -> jax.Array:
+  """Linear predictor eta of the proportional-hazards survival model.
+
+  eta = 0.15 (QRSd - 100)/10 + 0.10 (QTc - 440)/10 + 0.15 (HR - 70)/10
+        + 0.25 (50 - EF)/10 [+ 0.55 (age - 62)/10 + 0.30 male]
+  (ECG_DOMAIN.md sections 4 and 4a; ms, bpm, %, years).
+
+  Args:
+    factors: [..., 14] factors.
+    ef: [...] ejection fraction (%), the noisy one.
+    age: [...] years; with `sex`, gives the 'age_sex' hazard. Leave both out
+      for the 'ecg_only' hazard (the earlier `risk_score(factors, ef)`).
+    sex: [...] 1 = male, 0 = female.
+
+  Returns:
+    [...] float32 log relative hazard.
+
+  Raises:
+    ValueError: if only one of `age` and `sex` is given.
+  """
   f = unpack(factors)
-  return (0.15 * (f['qrs_dur'] - 100.0) / 10.0
-          + 0.10 * (f['qtc'] - 440.0) / 10.0
-          + 0.15 * (f['hr'] - 70.0) / 10.0 + 0.25 * (50.0 - ef) / 10.0)
+  eta = (0.15 * (f['qrs_dur'] - 100.0) / 10.0
+         + 0.10 * (f['qtc'] - 440.0) / 10.0
+         + 0.15 * (f['hr'] - 70.0) / 10.0 + 0.25 * (50.0 - ef) / 10.0)
+  if (age is None) != (sex is None):
+    raise ValueError('give both age and sex, or neither (ECG-only hazard)')
+  if age is not None:
+    eta = (eta + AGE_LOG_HR_PER_DECADE * (age - AGE_MEAN) / 10.0
+           + MALE_LOG_HR * jnp.asarray(sex, jnp.float32))
+  return eta
 
 
 def survival(eta: jax.Array, key: jax.Array, lam: float, shape_k: float = 1.0,
@@ -642,22 +717,47 @@ REFERENCE_SAMPLE_SIZE = 100_000
 _REFERENCE_SEED = 2022
 
 
-@functools.lru_cache(maxsize=None)
 def calibrate_lambda(mode: str = 'uniform', shape_k: float = 1.0,
-                     target: float = 0.10) -> float:
+                     target: float = 0.10, *,
+                     survival_model: str = 'age_sex') -> float:
   """Baseline hazard lambda giving `target` mean 1-year mortality.
 
   Bisection on the mean over a fixed reference sample (1e5 records, fixed
   seed, this sampler mode) of 1 - exp(-lambda * exp(eta)); the Weibull
   cumulative hazard at t = 1 year is lambda * exp(eta) for every shape k.
+  Each (mode, survival model) pair is calibrated once per process (cached).
+  The 'ecg_only' reference sample and lambda are those used before the
+  covariates existed; 'age_sex' adds covariates from a separate seed.
+
+  Args:
+    mode: factor sampler, 'uniform' or 'realistic'.
+    shape_k: Weibull shape (unused: H(1) does not depend on it).
+    target: mean 1-year mortality.
+    survival_model: 'age_sex' or 'ecg_only' (see SURVIVAL_MODELS).
+
+  Returns:
+    lambda, per year.
   """
   del shape_k  # H(1) = lambda * exp(eta) whatever the Weibull shape.
+  _check_survival_model(survival_model)
+  return _calibrate_lambda(mode, float(target), survival_model)
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrate_lambda(mode: str, target: float, survival_model: str) -> float:
   key = jax.random.key(_REFERENCE_SEED)
   k_f, k_ef = jax.random.split(key)
   factors = sample_factors(k_f, REFERENCE_SAMPLE_SIZE, mode)
   ef = jax.vmap(ejection_fraction)(
       factors, jax.random.split(k_ef, REFERENCE_SAMPLE_SIZE))
-  hazard = np.exp(np.asarray(risk_score(factors, ef), np.float64))
+  covariates = {}
+  if survival_model == 'age_sex':
+    # Its own seed, so the 'ecg_only' reference sample is left as it was.
+    age, sex = sample_covariates(jax.random.key(_REFERENCE_SEED + 1),
+                                 REFERENCE_SAMPLE_SIZE)
+    covariates = dict(age=age, sex=sex)
+  hazard = np.exp(np.asarray(risk_score(factors, ef, **covariates),
+                             np.float64))
   lo, hi = 1e-8, 10.0
   for _ in range(100):
     mid = np.sqrt(lo * hi)
@@ -671,7 +771,8 @@ def calibrate_lambda(mode: str = 'uniform', shape_k: float = 1.0,
 # --------------------------------------------------------------------------
 # Whole records.
 
-STREAMS = ('factors', 'noise', 'ef', 'survival', 'strip')
+# Append new streams at the end: an index names a stream's key forever.
+STREAMS = ('factors', 'noise', 'ef', 'survival', 'strip', 'covariates')
 
 
 def record_keys(key: jax.Array) -> dict[str, jax.Array]:
@@ -682,38 +783,47 @@ def record_keys(key: jax.Array) -> dict[str, jax.Array]:
 def simulate_record(key: jax.Array, *, mode: str = 'uniform',
                     lam: float | None = None, shape_k: float = 1.0,
                     strip: bool = False, rr_std: float = 0.05,
-                    exact_noise: bool = False) -> dict[str, Any]:
+                    exact_noise: bool = False,
+                    survival_model: str = 'age_sex') -> dict[str, Any]:
   """One complete record, a deterministic function of `key`.
 
   Args:
     key: the record's PRNG key (e.g. fold_in(split_key, index)).
     mode: factor sampler ('uniform' | 'realistic').
-    lam: baseline hazard; default `calibrate_lambda(mode, shape_k)`.
+    lam: baseline hazard; default `calibrate_lambda(mode, shape_k,
+      survival_model=survival_model)`.
     shape_k: Weibull shape of the baseline hazard.
     strip: also render the 10-second strip.
     rr_std: strip RR variability.
     exact_noise: see `beat_noise`.
+    survival_model: hazard of the survival draw: 'age_sex' (ECG, EF, age and
+      sex) or 'ecg_only' (the earlier draw: ECG and EF). Only `time` and
+      `event` depend on it; the same uniform draws are used by both.
 
   Returns:
     dict: factors [14], beat [600, 12] (noisy), beat_clean [600, 12],
-    measurements (dict), labels [NUM_LABELS] bool, ef, reduced_ef, time (years),
-    event; with `strip`: strip [5000, 12], strip_clean, qrs_onsets, r_peaks,
-    num_beats.
+    measurements (dict), labels [NUM_LABELS] bool, ef, reduced_ef, age
+    (years, float32), sex (int32, 1 = male), time (years), event; with
+    `strip`: strip [5000, 12], strip_clean, qrs_onsets, r_peaks, num_beats.
   """
+  _check_survival_model(survival_model)
   if lam is None:
-    lam = calibrate_lambda(mode, shape_k)
+    lam = calibrate_lambda(mode, shape_k, survival_model=survival_model)
   keys = record_keys(key)
   factors = sample_factors(keys['factors'], 1, mode)[0]
   clean = clean_beat(factors)
   m = measure(factors)
   ef = ejection_fraction(factors, keys['ef'])
-  time, event = survival(risk_score(factors, ef), keys['survival'], lam,
-                         shape_k)
+  age, sex = (x[0] for x in sample_covariates(keys['covariates'], 1))
+  covariates = (dict(age=age, sex=sex) if survival_model == 'age_sex'
+                else {})
+  time, event = survival(risk_score(factors, ef, **covariates),
+                         keys['survival'], lam, shape_k)
   out = dict(
       factors=factors, beat_clean=clean,
       beat=clean + beat_noise(factors, keys['noise'], exact=exact_noise),
       measurements=m, labels=labels_from_measurements(factors, m), ef=ef,
-      reduced_ef=ef <= 35.0, time=time, event=event)
+      reduced_ef=ef <= 35.0, age=age, sex=sex, time=time, event=event)
   if strip:
     s = simulate_strip(factors, keys['strip'], rr_std,
                        exact_noise=exact_noise)
@@ -724,22 +834,23 @@ def simulate_record(key: jax.Array, *, mode: str = 'uniform',
 
 
 RECORD_FIELDS = ('factors', 'beat', 'beat_clean', 'measurements', 'labels',
-                 'ef', 'reduced_ef', 'time', 'event', 'strip', 'strip_clean',
-                 'qrs_onsets', 'r_peaks', 'num_beats')
+                 'ef', 'reduced_ef', 'age', 'sex', 'time', 'event', 'strip',
+                 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
 _STRIP_FIELDS = ('strip', 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
 _MIN_CHUNK = 8
 
 
 @functools.partial(jax.jit, static_argnames=('mode', 'shape_k', 'fields',
-                                             'exact_noise'))
+                                             'exact_noise', 'survival_model'))
 def _simulate_indices(key, indices, lam, rr_std, *, mode, shape_k, fields,
-                      exact_noise):
+                      exact_noise, survival_model='age_sex'):
   strip = any(f in _STRIP_FIELDS for f in fields)
 
   def one(i):
     rec = simulate_record(jax.random.fold_in(key, i), mode=mode, lam=lam,
                           shape_k=shape_k, strip=strip, rr_std=rr_std,
-                          exact_noise=exact_noise)
+                          exact_noise=exact_noise,
+                          survival_model=survival_model)
     # Only requested fields leave the jitted function; XLA drops the rest.
     return {f: rec[f] for f in fields}
 
@@ -756,8 +867,8 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
                      mode: str = 'uniform', strips: bool = False,
                      fields: Sequence[str] | None = None,
                      rr_std: float = 0.05, shape_k: float = 1.0,
-                     chunk_size: int = 4096, exact_noise: bool = False
-                     ) -> dict[str, Any]:
+                     chunk_size: int = 4096, exact_noise: bool = False,
+                     survival_model: str = 'age_sex') -> dict[str, Any]:
   """Records `indices` (default 0..n-1); record i = simulate_record(fold_in(key, i)).
 
   Records are generated in jitted calls of at most `chunk_size` records,
@@ -768,7 +879,9 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
     key: PRNG key of the data set split.
     n: number of records (records 0..n-1) if `indices` is not given.
     indices: explicit record indices (int array, each < 2**31).
-    mode, rr_std, shape_k, exact_noise: see `simulate_record`.
+    mode, rr_std, shape_k, exact_noise, survival_model: see
+      `simulate_record` ('ecg_only' reproduces records made before age and
+      sex entered the hazard).
     strips: include the strip fields (ignored when `fields` is given).
     fields: subset of RECORD_FIELDS to compute and return (default: all but
       the strip fields, or all with `strips`).
@@ -792,7 +905,9 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
     raise ValueError(f'unknown record fields {sorted(unknown)}; known: '
                      f'{RECORD_FIELDS}')
   fields = tuple(f for f in RECORD_FIELDS if f in fields)
-  lam = np.float32(calibrate_lambda(mode, shape_k))
+  _check_survival_model(survival_model)
+  lam = np.float32(calibrate_lambda(mode, shape_k,
+                                    survival_model=survival_model))
   size = _bucket(len(indices), chunk_size)
   chunks = []
   for start in range(0, len(indices), size):
@@ -801,7 +916,8 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
     padded[:len(idx)] = idx
     out = _simulate_indices(key, padded, lam, np.float32(rr_std), mode=mode,
                             shape_k=shape_k, fields=fields,
-                            exact_noise=exact_noise)
+                            exact_noise=exact_noise,
+                            survival_model=survival_model)
     chunks.append(jax.tree.map(lambda x, k=len(idx): np.asarray(x)[:k],
                                jax.device_get(out)))
   if not chunks:

@@ -13,7 +13,8 @@ The synthetic records follow one rule, shared by the on-the-fly source and the
 where `simulate(key)` is `simulator.simulate_record(key, ...)`, which is also
 the rule of `simulator.simulate_records(split_key(seed, s), indices=...)`. A
 training run at 1M+ records therefore needs no disk: any record is recomputed
-from its index.
+from its index. Records carry age and sex, which enter the survival hazard
+unless `survival_model='ecg_only'` (the draw used before they existed).
 """
 
 import functools
@@ -37,6 +38,8 @@ RECORD_FIELDS = (
     'labels',
     'ef',
     'reduced_ef',
+    'age',
+    'sex',
     'time',
     'event',
 )
@@ -82,6 +85,7 @@ def simulate_batch(
     fields: Sequence[str] = DEFAULT_FIELDS,
     max_chunk: int = MAX_CHUNK,
     pad_to: int | None = None,
+    survival_model: str = 'age_sex',
 ) -> dict[str, Any]:
   """Simulates the synthetic records `indices` of `split`.
 
@@ -98,18 +102,22 @@ def simulate_batch(
     fields: record fields to return (subset of `RECORD_FIELDS`).
     max_chunk: largest number of records per compiled call.
     pad_to: if given, the exact padded length of every call (<= max_chunk).
+    survival_model: hazard of 'time'/'event': 'age_sex' (default) or
+      'ecg_only' (the earlier draw); see `simulator.simulate_record`.
 
   Returns:
     Dict of numpy arrays with leading axis n: the requested fields, e.g.
     'beat' [n, 600, 12] float32 mV, 'factors' [n, 14], 'measurements' a dict of
-    [n] arrays, and 'id' [n] int64 when requested.
+    [n] arrays, 'age' [n] float32 years, 'sex' [n] int32 (1 = male), and 'id'
+    [n] int64 when requested.
   """
   indices = np.asarray(indices, dtype=np.int64).reshape(-1)
   sim_fields = _simulated_fields(fields)
   if len(indices):
     batch = simulator.simulate_records(
         split_key(seed, split), indices=indices, mode=mode,
-        fields=sim_fields, rr_std=rr_std, chunk_size=pad_to or max_chunk)
+        fields=sim_fields, rr_std=rr_std, chunk_size=pad_to or max_chunk,
+        survival_model=survival_model)
   else:
     spec = record_spec(mode=mode, fields=sim_fields)
     batch = jax.tree.map(lambda s: np.zeros((0,) + s.shape, s.dtype), spec)
@@ -178,6 +186,8 @@ class OnTheFlySource:
     mode: factor sampler, 'uniform' or 'realistic'.
     fields: record fields returned (subset of `RECORD_FIELDS`); unrequested
       fields are not computed.
+    survival_model: hazard of 'time'/'event', 'age_sex' or 'ecg_only' (the
+      draw of records made before age and sex existed).
   """
 
   def __init__(
@@ -189,11 +199,17 @@ class OnTheFlySource:
       fields: Sequence[str] = DEFAULT_FIELDS,
       rr_std: float = 0.05,
       max_chunk: int = MAX_CHUNK,
+      survival_model: str = 'age_sex',
   ):
     if num_records < 0 or num_records > 2**31:
       raise ValueError(f'num_records must be in [0, 2**31], got {num_records}.')
     split_id(split)
     _simulated_fields(fields)
+    if survival_model not in simulator.SURVIVAL_MODELS:
+      raise ValueError(
+          f'survival_model must be one of {simulator.SURVIVAL_MODELS}, got '
+          f'{survival_model!r}.'
+      )
     self.num_records = int(num_records)
     self.seed = int(seed)
     self.split = split
@@ -201,6 +217,7 @@ class OnTheFlySource:
     self.fields = tuple(fields)
     self.rr_std = float(rr_std)
     self.max_chunk = int(max_chunk)
+    self.survival_model = survival_model
 
   def __len__(self) -> int:
     return self.num_records
@@ -208,7 +225,8 @@ class OnTheFlySource:
   def __repr__(self) -> str:
     return (
         f'OnTheFlySource(num_records={self.num_records}, seed={self.seed}, '
-        f'split={self.split!r}, mode={self.mode!r}, fields={self.fields})'
+        f'split={self.split!r}, mode={self.mode!r}, fields={self.fields}, '
+        f'survival_model={self.survival_model!r})'
     )
 
   def _check(self, indices: np.ndarray) -> np.ndarray:
@@ -239,6 +257,7 @@ class OnTheFlySource:
         rr_std=self.rr_std,
         fields=self.fields,
         max_chunk=self.max_chunk,
+        survival_model=self.survival_model,
     )
 
   def __getitem__(self, i: int) -> dict[str, Any]:

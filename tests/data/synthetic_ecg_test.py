@@ -85,6 +85,14 @@ class SyntheticEcgTest(absltest.TestCase):
       self.assertEqual(batch[name].shape, (8,))
     for name in ('reduced_ef', 'event'):
       self.assertEqual(batch[name].dtype, np.bool_)
+    self.assertEqual(batch['age'].dtype, np.float32)
+    self.assertEqual(batch['sex'].dtype, np.int32)
+    self.assertEqual(batch['age'].shape, (8,))
+    self.assertEqual(batch['sex'].shape, (8,))
+    train = _read_all(self.data_dir, 'train')
+    self.assertTrue(((train['age'] >= 18) & (train['age'] <= 95)).all())
+    self.assertGreater(np.unique(train['age']).size, 8)
+    self.assertEqual(set(np.unique(train['sex'])), {0, 1})
     np.testing.assert_array_equal(batch['id'], np.arange(8))
     self.assertEqual(batch['measurements']['qt_ms'].shape, (8,))
     self.assertTrue(np.isfinite(batch['beat']).all())
@@ -107,6 +115,10 @@ class SyntheticEcgTest(absltest.TestCase):
     self.assertGreater(np.abs(np.diff(train['factors'], axis=0)).min(), 0.0)
 
   def test_disk_records_equal_on_the_fly_records(self):
+    self.assertContainsSubset(
+        {'age', 'sex', 'time', 'event'},
+        set(sources.TfdsSource('synthetic_ecg/tiny', 'train',
+                               self.data_dir).fields))
     for split, n in _SPLITS.items():
       disk = sources.TfdsSource('synthetic_ecg/tiny', split, self.data_dir)
       fly = sources.OnTheFlySource(n, seed=0, split=split, mode='uniform')
@@ -122,15 +134,73 @@ class SyntheticEcgTest(absltest.TestCase):
     # Record i of split s is `simulate_record(fold_in(split_key(seed, s), i))`.
     key = jax.random.fold_in(jax.random.key(0), sources.SPLIT_IDS['test'])
     lam = simulator.calibrate_lambda('uniform')
-    simulate_beat = jax.jit(
-        lambda k: simulator.simulate_record(k, mode='uniform', lam=lam)['beat']
+    names = ('beat', 'age', 'sex', 'time', 'event')
+    simulate = jax.jit(
+        lambda k: {
+            n: v
+            for n, v in simulator.simulate_record(
+                k, mode='uniform', lam=lam
+            ).items()
+            if n in names
+        }
     )
-    expected = np.asarray(simulate_beat(jax.random.fold_in(key, 5)))
-    fly = sources.OnTheFlySource(8, split='test', fields=('beat', 'factors'))
-    got = fly.get_batch(np.arange(8))['beat'][5]
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    disk = _read_all(self.data_dir, 'test')['beat'][5]
-    np.testing.assert_allclose(disk, expected, rtol=1e-5, atol=1e-5)
+    expected = jax.device_get(simulate(jax.random.fold_in(key, 5)))
+    fly = sources.OnTheFlySource(8, split='test', fields=names + ('factors',))
+    got = fly.get_batch(np.arange(8))
+    disk = _read_all(self.data_dir, 'test')
+    for name in names:
+      np.testing.assert_allclose(
+          got[name][5], expected[name], rtol=1e-5, atol=1e-5, err_msg=name
+      )
+      np.testing.assert_allclose(
+          disk[name][5], expected[name], rtol=1e-5, atol=1e-5, err_msg=name
+      )
+
+  def test_ecg_only_source_keeps_the_earlier_survival_draw(self):
+    fields = ('factors', 'ef', 'age', 'sex', 'time', 'event')
+    new = sources.OnTheFlySource(8, split='test', fields=fields)
+    old = sources.OnTheFlySource(
+        8, split='test', fields=fields, survival_model='ecg_only'
+    )
+    self.assertIn("survival_model='ecg_only'", repr(old))
+    a, b = new.get_batch(np.arange(8)), old.get_batch(np.arange(8))
+    for name in ('factors', 'ef', 'age', 'sex'):
+      np.testing.assert_array_equal(a[name], b[name])
+    self.assertFalse(np.array_equal(a['time'], b['time']))
+    # The earlier draw: the ECG/EF risk score with the ecg_only lambda.
+    ref = simulator.simulate_records(
+        sources.split_key(0, 'test'), 8, fields=('time', 'event'),
+        survival_model='ecg_only', chunk_size=8,
+    )
+    np.testing.assert_allclose(b['time'], ref['time'], rtol=1e-6)
+    np.testing.assert_array_equal(b['event'], ref['event'])
+    with self.assertRaisesRegex(ValueError, 'survival_model'):
+      sources.OnTheFlySource(8, survival_model='age')
+
+  def test_ecg_only_config_builds_the_earlier_survival_draw(self):
+    config = synthetic_ecg_dataset_builder.SyntheticEcgConfig(
+        name='tiny_ecg_only',
+        num_train=8,
+        num_validation=0,
+        num_test=0,
+        chunk_size=8,
+        survival_model='ecg_only',
+    )
+    builder = synthetic_ecg_dataset_builder.Builder(
+        config=config,
+        data_dir=self._tmp.name + '/ecg_only',
+        file_format='array_record',
+    )
+    builder.download_and_prepare()
+    source = builder.as_data_source(split='train')
+    disk = {k: np.stack([r[k] for r in source]) for k in ('time', 'sex')}
+    fly = sources.OnTheFlySource(
+        8, fields=('time', 'sex'), survival_model='ecg_only'
+    ).get_batch(np.arange(8))
+    np.testing.assert_allclose(disk['time'], fly['time'], rtol=1e-6)
+    np.testing.assert_array_equal(disk['sex'], fly['sex'])
+    default = _read_all(self.data_dir, 'train')
+    self.assertFalse(np.allclose(disk['time'], default['time'][:8]))
 
   def test_tfds_and_simulated_pipelines_agree(self):
     config = input_pipeline.default_data_config()
@@ -185,6 +255,18 @@ class BuilderConfigTest(absltest.TestCase):
     self.assertEqual(configs['realistic_100k'].mode, 'realistic')
     self.assertTrue(configs['uniform_1k_strip'].with_strip)
     self.assertFalse(configs['uniform_1k'].with_strip)
+
+  def test_version_and_covariate_features(self):
+    builder_cls = synthetic_ecg_dataset_builder.Builder
+    self.assertEqual(str(builder_cls.VERSION), '1.1.0')
+    self.assertIn('1.1.0', builder_cls.RELEASE_NOTES)
+    with tempfile.TemporaryDirectory() as data_dir:
+      builder = builder_cls(config='tiny', data_dir=data_dir)
+      features = builder.info.features
+      self.assertEqual(builder.info.metadata['survival_model'], 'age_sex')
+    self.assertEqual(features['age'].np_dtype, np.float32)
+    self.assertEqual(features['sex'].np_dtype, np.int32)
+    self.assertEqual(features['age'].shape, ())
 
   def test_strip_config_declares_strip_feature(self):
     with tempfile.TemporaryDirectory() as data_dir:

@@ -38,6 +38,8 @@ _FIELD_DOCS = {
     'labels': 'Multi-hot diagnostic labels [NUM_LABELS], LABEL_NAMES order.',
     'ef': 'Left-ventricular ejection fraction (%).',
     'reduced_ef': 'Reduced ejection fraction flag.',
+    'age': 'Age (years), N(62, 14^2) clipped to [18, 95]; not in the ECG.',
+    'sex': 'Sex, 1 = male, 0 = female; not in the ECG.',
     'time': 'Observed follow-up time (years): event or censoring.',
     'event': 'Death observed within the follow-up time.',
 }
@@ -56,6 +58,9 @@ class SyntheticEcgConfig(tfds.core.BuilderConfig):
     seed: data seed; record i of split s depends only on (seed, s, i).
     rr_std: beat-to-beat RR variability of the strips (relative).
     chunk_size: records simulated per compiled call.
+    survival_model: hazard of 'time'/'event': 'age_sex' (ECG, EF, age and
+      sex) or 'ecg_only' (the hazard of version 1.0.0, which had no age or
+      sex; the other fields of 1.0.0 records are unchanged).
   """
 
   num_train: int = 1000
@@ -66,6 +71,7 @@ class SyntheticEcgConfig(tfds.core.BuilderConfig):
   seed: int = 0
   rr_std: float = 0.05
   chunk_size: int = 1024
+  survival_model: str = 'age_sex'
 
 
 def _sized_config(mode: str, size: str, num_train: int, **kwargs):
@@ -116,8 +122,16 @@ def _to_feature(spec: Any, doc: str | None = None):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_ecg."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': (
+          "New features 'age' (years) and 'sex' (1 = male). They enter the "
+          'survival hazard, so time and event differ from 1.0.0 (the '
+          "config field survival_model='ecg_only' gives the 1.0.0 draw); "
+          'every other field of a record is unchanged.'
+      ),
+  }
   BUILDER_CONFIGS = _builder_configs()
   DEFAULT_CONFIG_NAME = 'uniform_10k'
   # TFDS finds README.md, CITATIONS.bib and checksums.tsv through the top-level
@@ -151,6 +165,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             sampling_rate_hz=int(simulator.FS),
             seed=config.seed,
             mode=config.mode,
+            survival_model=config.survival_model,
         ),
     )
 
@@ -185,6 +200,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           rr_std=config.rr_std,
           fields=self._fields(),
           pad_to=chunk,
+          survival_model=config.survival_model,
       )
       logging.log_every_n_seconds(
           logging.INFO,
