@@ -55,6 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          metrics_num_test=1000, intervention_num_train=300,
                          intervention_num_eval=200,
                          intervention_num_variance_estimate=1000)
+  # Factor models vs black-box ResNets on median beats (CPU sizes).
+  config.downstream.update(num_train=4000, num_test=1000)
+  config.blackbox.update(targets=('reduced_ef', 'mortality'),
+                         inputs=('beat',), num_train=20_000, num_steps=600)
   # Simulated-data summary of --mode=simulate / demo.
   config.simulate = ml_collections.ConfigDict(dict(
       num_records=2000, mode='uniform', strips=4))

@@ -86,6 +86,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       intervention_num_variance_estimate=10_000,
   ))
 
+  # Interpretable models on the factors vs the black box (--mode=downstream;
+  # the paper: 2,000 bootstrap resamples for every CI).
+  config.downstream = ml_collections.ConfigDict(dict(
+      num_train=10_000,  # training records of the factor models
+      num_test=5_000,  # test records (validation split), shared with ResNets
+      num_resamples=2000,
+      horizon=1.0,  # years: 1-year mortality
+      age_sex=True,  # mortality models on factors + age + sex (the paper)
+      top_k=3,  # factors explained per task
+  ))
+  # The black-box ResNets (--mode=blackbox), one run per target and input
+  # under <workdir>/blackbox/ (configs/resnet.py; 0 keeps its own sizes).
+  config.blackbox = ml_collections.ConfigDict(dict(
+      config='configs/resnet.py',
+      targets=('labels', 'reduced_ef', 'mortality'),
+      inputs=('beat', 'strip'),
+      mortality_age_sex=True,
+      variant=(),  # extra configs/resnet.py modifiers, e.g. ('tiny',)
+      num_train=0, num_steps=0,
+  ))
+
   if arg == 'tiny':
     shrink_to_tiny(config)
     # Stays epoch-based like the full config: 0.25 x 256 records / 16 = 4.
@@ -105,6 +126,10 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
   config.train.update(batch_size=16, num_steps=4, log_every=2, eval_every=4,
                       checkpoint_every=2, eval_batch_size=32)
   config.optim.warmup_steps = 0
+  config.downstream.update(num_train=256, num_test=64, num_resamples=50)
+  config.blackbox.update(targets=('reduced_ef', 'mortality'),
+                         inputs=('beat',), variant=('tiny',), num_train=0,
+                         num_steps=0)
   config.analysis.update(num_records=64, metrics_num_train=200,
                          metrics_num_test=100, intervention_batch_size=8,
                          intervention_num_train=40, intervention_num_eval=40,

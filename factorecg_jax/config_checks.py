@@ -32,11 +32,21 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def _registry_choices() -> dict[str, tuple[str, ...]]:
+  """Task and model names, read from the registries themselves."""
+  # Imported on use: loading a config file must not import JAX and Flax.
+  # pylint: disable=g-import-not-at-top
+  from factorecg_jax import models
+  from factorecg_jax.training import losses
+  # pylint: enable=g-import-not-at-top
+  return {'task': tuple(sorted(losses.TASKS)),
+          'model_name': tuple(sorted(models.MODELS))}
+
+
 _CHOICES = {
-    'task': ('vae',),
-    'model_name': ('vae',),
     'data.source': ('simulated', 'tfds'),
     'data.mode': ('uniform', 'realistic'),
+    'data.survival_model': ('age_sex', 'ecg_only'),
     'data.input_key': ('beat', 'beat_clean', 'strip'),
     'data.normalization': ('none', 'per_lead', 'global'),
     'data.eval_split': ('validation', 'test'),
@@ -44,6 +54,7 @@ _CHOICES = {
     'optim.schedule': ('constant', 'cosine'),
     'model.head': ('dense', 'conv'),
     'model.padding': ('chomp', 'left'),
+    'model.pool': ('flatten', 'avg'),
     'train.dtype': ('float32', 'bfloat16'),
     'simulate.mode': ('uniform', 'realistic'),
     'analysis.traversal_scale': ('population', 'prior'),
@@ -51,12 +62,12 @@ _CHOICES = {
 _POSITIVE = ('train.batch_size', 'train.log_every',
              'train.eval_batch_size', 'optim.lr', 'data.num_train',
              'model.latents', 'model.channels', 'model.depth',
-             'model.kernel_size', 'simulate.num_records')
+             'model.kernel_size', 'simulate.num_records', 'model.num_outputs')
 _NON_NEGATIVE = ('train.num_steps', 'train.num_epochs',
                  'train.eval_every', 'train.checkpoint_every',
                  'train.keep_checkpoints', 'optim.grad_clip_norm',
                  'optim.weight_decay', 'optim.warmup_steps', 'loss.beta',
-                 'loss.fixed_sd',
+                 'loss.fixed_sd', 'model.num_extra',
                  'data.num_eval', 'analysis.kl_threshold')
 
 
@@ -70,10 +81,32 @@ def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
   return True, node
 
 
+def _batch_key_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Batch keys the task's loss reads that the data would not deliver."""
+  present, task = _get(config, 'task')
+  if not present or task == 'vae':
+    return []
+  _, data_keys = _get(config, 'data.extra_keys')
+  data_keys = tuple(data_keys or ())
+  needed = []
+  _, target = _get(config, 'loss.target_key')
+  if target and task in ('classify', 'regress'):
+    needed.append(('loss.target_key', target))
+  _, extra = _get(config, 'loss.extra_keys')
+  needed += [('loss.extra_keys', k) for k in (extra or ())]
+  if task == 'cox':
+    needed += [('task', 'time'), ('task', 'event')]
+  return [
+      f'--config.{field} needs batch key {key!r}: add it to '
+      f'--config.data.extra_keys (now {data_keys})'
+      for field, key in needed if key not in data_keys
+  ]
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every invalid field of `config`."""
   problems = []
-  for path, allowed in _CHOICES.items():
+  for path, allowed in {**_registry_choices(), **_CHOICES}.items():
     present, value = _get(config, path)
     if present and value not in allowed:
       problems.append(f'--config.{path}={value!r}: must be one of {allowed}')
@@ -100,5 +133,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         problems.append(
             f'--config.{field}={batch}: the global batch must divide by the '
             f'{jax.device_count()} devices')
+  problems += _batch_key_problems(config)
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))

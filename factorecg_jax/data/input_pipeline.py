@@ -422,6 +422,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.mode = 'uniform'
   # Data seed of the simulated source (the synthetic_ecg builder's seed).
   config.seed = 0
+  # Simulated survival: 'age_sex' (hazard with age and sex) or 'ecg_only'
+  # (the earlier draw, for reproducing results before age/sex existed).
+  config.survival_model = 'age_sex'
   # Records: simulated-source sizes; for 'tfds', 0 takes the whole split.
   config.num_train = 10_000
   config.num_eval = 1_000
@@ -450,6 +453,7 @@ def _make_sources(data_config, fields: Sequence[str]) -> tuple[Any, Any]:
         seed=data_config.get('seed', 0),
         mode=data_config.get('mode', 'uniform'),
         fields=tuple(fields),
+        survival_model=data_config.get('survival_model', 'age_sex'),
     )
     return (
         sources.OnTheFlySource(data_config.num_train, split='train', **common),

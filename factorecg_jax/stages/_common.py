@@ -23,10 +23,8 @@ from factorecg_jax import stages
 from factorecg_jax.analysis import factors as factors_lib
 from factorecg_jax.data import input_pipeline
 from factorecg_jax.data import simulator
-from factorecg_jax.training import checkpoints
+from factorecg_jax.training import restore as restore_lib
 from factorecg_jax.training import sharding
-from factorecg_jax.training import state as state_lib
-from factorecg_jax.training import train
 from factorecg_jax.viz import ecg_plot
 
 FACTORS_DIR = 'factors'
@@ -88,7 +86,11 @@ def restore(
     config: ml_collections.ConfigDict, workdir: str,
     step: int | None = None
 ) -> tuple[Any, Any, int]:
-  """(model, params, step) of a checkpoint in `workdir` (default latest)."""
+  """(model, params, step) of a checkpoint in `workdir` (default latest).
+
+  `training.restore.restore` reads the model, optimizer and input shape
+  from the run; this adds the check that `config` describes that model.
+  """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory) or not any(
       name.isdigit() for name in os.listdir(directory)
@@ -97,46 +99,10 @@ def restore(
         f'No checkpoint in {directory}: train first with --mode=train '
         f'--workdir={workdir}.'
     )
-  saved = read_run_config(workdir)
-  _check_model_matches(config, saved, workdir)
-  model = train._build_model(config)  # pylint: disable=protected-access
-  # The restore target is the train state the run saved: its optimizer
-  # state's structure follows the run's own optim settings.
-  optim = ml_collections.ConfigDict(
-      saved['optim'] if saved and 'optim' in saved else config.optim.to_dict()
-  )
-  # The run's resolved step count (epoch-based configs say 0 here).
-  num_steps = int((saved or {}).get('train', {}).get('num_steps', 0)
-                  or config.train.num_steps or 1)
-  tx = state_lib.create_optimizer(
-      optim, state_lib.create_learning_rate_fn(optim, num_steps)
-  )
-  input_shape = (
-      1, getattr(model, 'length', simulator.BEAT_LEN),
-      getattr(model, 'leads', len(simulator.LEADS)),
-  )
-  mesh = sharding.make_mesh()
-  # Only the shapes of the train state are needed: tracing its creation
-  # abstractly compiles and allocates nothing.
-  abstract_state = jax.eval_shape(
-      lambda rng: state_lib.create_train_state(
-          rng, model, tx, input_shape, mesh
-      )[0],
-      jax.random.key(0),
-  )
-  replicated = sharding.replicated(mesh)
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      abstract_state,
-  )
-  manager = checkpoints.create_manager(workdir)
-  try:
-    step = manager.latest_step() if step is None else step
-    state = checkpoints.restore(manager, abstract_state, step)
-  finally:
-    manager.close()
-  logging.info('Restored %s at step %d.', directory, step)
-  return model, state.params, int(step)
+  _check_model_matches(config, read_run_config(workdir), workdir)
+  restored = restore_lib.restore(workdir, step=step)
+  logging.info('Restored %s at step %d.', directory, restored.step)
+  return restored.model, restored.variables['params'], int(restored.step)
 
 
 def restore_model(

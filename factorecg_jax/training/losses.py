@@ -1,14 +1,32 @@
 """Task losses and evaluations; `TASKS` maps a config's `task` to one.
 
-A task supplies three pure functions (docs/CONTRACTS.md):
+A task (`Task`, docs/CONTRACTS.md) supplies pure functions and settings:
 
-* `loss_fn(params, batch, rng, *, model, **kw) -> (loss, metrics)`, a
-  mask-weighted mean over the batch (padded rows weigh nothing);
-* `eval_fn(params, batch, *, model, **kw) -> {name: [batch, ...]}`,
-  per-example values the loop averages over real rows;
-* `summarize_fn(means) -> {name: scalar}` on those averages.
+* `loss_fn(params, batch, rng, *, model, model_state, **kw) -> (loss,
+  (metrics, new_model_state))`: a mask-weighted mean over the batch (padded
+  rows weigh nothing), its scalar metrics, and the model's updated
+  non-parameter variables (`{'batch_stats': ...}` after a BatchNorm model's
+  training step; `model_state` itself, often `{}`, for stateless models);
+* `eval_fn(params, batch, *, model, model_state, **kw) -> {name: [batch,
+  ...]}`: per-example values; the loop averages them over real rows, except
+  those named in `collect`;
+* `collect`: names of per-example arrays the loop gathers over the whole
+  eval split (real rows only, record order, all devices and processes):
+  `eval_fn` outputs or batch keys ('index', 'time', 'event', ...);
+* `summarize_fn(means, collected) -> {name: float}`: split-level scalars from
+  the means and the collected arrays (AUROC, C-index, active units);
+* `inputs_fn(batch, **kw) -> tuple of model inputs` (optional; default
+  `(batch['ecg'],)`): their shapes initialise the model.
 
-The loop passes `config.loss` as `**kw` to both `loss_fn` and `eval_fn`.
+`model_state` is `TrainState.model_state`; a model is applied to
+`{'params': params, **model_state}`. The loop passes `config.loss` as `**kw`
+to `loss_fn`, `eval_fn` and `inputs_fn`.
+
+Tasks: 'vae' (below); 'classify', 'regress' and 'cox' for models called
+`model.apply(variables, x, extra, train=..., rngs={'dropout': ...},
+mutable=[...]) -> (outputs [batch, K], aux)` like `resnet.ResNet`, with
+`extra` [batch, E] the batch keys `extra_keys` (e.g. ('age', 'sex'))
+joined, or None.
 
 VAE (FactorECG, van de Leur et al. 2022; ecgxai 0.1.1 `utils/loss.py` with
 `train_factorecg_vae.py`): loss = E_batch[NLL] + beta * E_batch[KL], with
@@ -17,16 +35,20 @@ per-sample mean and sd, summed over the 600 x 12 samples, and KL the
 divergence of N(mu, sd^2) from N(0, I), summed over the latents.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from factorecg_jax.training import survival_loss
 
 Batch = Mapping[str, jax.Array]
 Params = Any
+ModelState = Mapping[str, Any]
 
 # ecgxai's clipping of the posterior before the KL and its NaN filler.
 MU_CLIP = 100.0
@@ -35,11 +57,16 @@ NAN_FILL = 50.0
 
 
 class Task(NamedTuple):
-  """The functions a task gives the training loop (see module docstring)."""
+  """What a task gives the training loop (see the module docstring)."""
 
-  loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  loss_fn: Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array],
+                                                ModelState]]]
   eval_fn: Callable[..., dict[str, jax.Array]]
-  summarize_fn: Callable[[dict[str, np.ndarray]], dict[str, float]] | None
+  summarize_fn: Callable[
+      [dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]
+  ] | None = None
+  collect: tuple[str, ...] = ()
+  inputs_fn: Callable[..., tuple[jax.Array | None, ...]] | None = None
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -125,13 +152,14 @@ def vae_loss(
     rng: jax.Array,
     *,
     model: nn.Module,
+    model_state: ModelState | None = None,
     beta: float = 32.0,
     sample: bool = True,
     nan_fill: float = NAN_FILL,
     mu_clip: float = MU_CLIP,
     sd_clip: tuple[float, float] = SD_CLIP,
     fixed_sd: float = 0.0,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], ModelState]]:
   """FactorECG training loss: mean NLL + beta * mean KL over real rows.
 
   With an all-ones mask this is ecgxai's
@@ -144,6 +172,7 @@ def vae_loss(
       float32 (1 = real row, 0 = padding).
     rng: key of the 'sample' stream (reparameterisation noise).
     model: a `vae.VAE` (any preset).
+    model_state: its non-parameter variables (`{}` or None: none).
     beta: weight of the KL term (32 in the paper).
     sample: draw z from the posterior (False: z = mu).
     nan_fill: replaces NaNs in the decoder outputs, as ecgxai.
@@ -155,14 +184,17 @@ def vae_loss(
       short CPU runs (configs/demo.py) fit the mean far sooner this way.
 
   Returns:
-    `(loss, metrics)`: scalar loss; metrics 'nll', 'kl' (summed over
-    latents), 'mse' (per sample), 'recon_sd' and 'post_sd' (mean sds), all
-    mask-weighted means over the batch.
+    `(loss, (metrics, model_state))`: scalar loss; metrics 'nll', 'kl'
+    (summed over latents), 'mse' (per sample), 'recon_sd' and 'post_sd'
+    (mean sds), all mask-weighted means over the batch; the VAE has no
+    mutable state, so `model_state` comes back unchanged.
   """
+  model_state = dict(model_state or {})
   x = batch['ecg']
   mask = _batch_mask(batch)
   _, aux = model.apply(
-      {'params': params}, x, sample=sample, rngs={'sample': rng}
+      {'params': params, **model_state}, x, sample=sample,
+      rngs={'sample': rng},
   )
   nll = gaussian_nll(x, aux['recon_mean'], _output_sd(aux, fixed_sd),
                      nan_fill=nan_fill)
@@ -184,7 +216,7 @@ def vae_loss(
       recon_sd=_masked_mean(per_row(aux['recon_sd']), mask),
       post_sd=_masked_mean(per_row(aux['sd']), mask),
   )
-  return loss, metrics
+  return loss, (metrics, model_state)
 
 
 def vae_eval(
@@ -192,6 +224,7 @@ def vae_eval(
     batch: Batch,
     *,
     model: nn.Module,
+    model_state: ModelState | None = None,
     beta: float = 32.0,
     sample: bool = True,
     nan_fill: float = NAN_FILL,
@@ -205,6 +238,7 @@ def vae_eval(
     params: the model's 'params' collection.
     batch: 'ecg' [batch, 600, 12] float32 (mV); the loop handles 'mask'.
     model: a `vae.VAE`.
+    model_state: its non-parameter variables (`{}` or None: none).
     beta: KL weight of the reported 'loss'.
     sample: ignored (evaluation decodes z = mu); accepted so that the loss
       settings can be passed to both functions.
@@ -224,7 +258,8 @@ def vae_eval(
   """
   del sample
   x = batch['ecg']
-  _, aux = model.apply({'params': params}, x, sample=False)
+  _, aux = model.apply({'params': params, **(model_state or {})}, x,
+                       sample=False)
   nll = gaussian_nll(x, aux['recon_mean'], _output_sd(aux, fixed_sd),
                      nan_fill=nan_fill)
   kl_per_dim = gaussian_kl(
@@ -250,6 +285,7 @@ def vae_eval(
 
 def vae_summarize(
     means: Mapping[str, Any],
+    collected: Mapping[str, np.ndarray] | None = None,
     *,
     var_threshold: float = 0.01,
     kl_threshold: float = 0.01,
@@ -263,6 +299,7 @@ def vae_summarize(
   Args:
     means: dataset means of `vae_eval`'s outputs ('mse', 'nll', 'kl',
       'kl_per_dim' [latents], 'mu' [latents], 'mu_sq' [latents], ...).
+    collected: unused (the VAE task collects nothing).
     var_threshold: variance above which a latent counts as active.
     kl_threshold: mean KL (nats) above which a latent counts as active.
 
@@ -272,6 +309,7 @@ def vae_summarize(
     variance of the data around its per-(sample, lead) mean: the share of
     the held-out ECGs' variance the reconstruction (z = mu) explains.
   """
+  del collected
   kl_per_dim = np.asarray(means['kl_per_dim'], np.float64)
   mu = np.asarray(means['mu'], np.float64)
   var_mu = np.asarray(means['mu_sq'], np.float64) - np.square(mu)
@@ -287,8 +325,397 @@ def vae_summarize(
   return out
 
 
+# ------------------------------------------------ supervised heads ---
+# 'classify', 'regress' and 'cox' share one model call (`_apply`) and the
+# model inputs (`model_inputs`); they differ in the head's loss and in what
+# the eval split is summarised by.
+
+
+def model_inputs(
+    batch: Batch, *, extra_keys: Sequence[str] = (), **unused: Any
+) -> tuple[jax.Array, jax.Array | None]:
+  """The positional inputs `(x, extra)` of a ResNet-like model.
+
+  Args:
+    batch: 'ecg' [batch, time, leads] float32 and the `extra_keys`, each
+      [batch] or [batch, k] (bool, int or float).
+    extra_keys: batch keys joined, in this order, into `extra` (e.g.
+      ('age', 'sex')); the model's `num_extra` must equal their total width.
+    **unused: the other loss settings (the loop passes them all).
+
+  Returns:
+    `(x, extra)`: `batch['ecg']` and [batch, E] float32, or None when
+    `extra_keys` is empty.
+
+  Raises:
+    KeyError: if the batch lacks one of `extra_keys`.
+  """
+  del unused
+  x = batch['ecg']
+  if not extra_keys:
+    return x, None
+  columns = []
+  for key in extra_keys:
+    if key not in batch:
+      raise KeyError(
+          f'The batch has no {key!r} (loss.extra_keys); add it to '
+          f'config.data.extra_keys. Batch keys: {sorted(batch)}.'
+      )
+    value = jnp.asarray(batch[key]).astype(jnp.float32)
+    columns.append(value.reshape(value.shape[0], -1))
+  return x, jnp.concatenate(columns, axis=-1)
+
+
+def _apply(
+    model: nn.Module,
+    params: Params,
+    model_state: ModelState | None,
+    batch: Batch,
+    *,
+    train: bool,
+    rng: jax.Array | None = None,
+    extra_keys: Sequence[str] = (),
+) -> tuple[jax.Array, dict[str, Any]]:
+  """`(outputs [batch, K] float32, new model state)` of a ResNet-like model.
+
+  Training mode uses batch statistics (of the global batch: under jit on a
+  mesh the batch axis is global) and returns the updated 'batch_stats';
+  evaluation uses the running statistics and returns the state unchanged.
+  """
+  model_state = dict(model_state or {})
+  x, extra = model_inputs(batch, extra_keys=extra_keys)
+  variables = {'params': params, **model_state}
+  rngs = {'dropout': rng} if rng is not None else {}
+  if train and model_state:
+    (out, _), new_state = model.apply(
+        variables, x, extra, train=True, rngs=rngs,
+        mutable=list(model_state),
+    )
+    return out.astype(jnp.float32), dict(new_state)
+  out, _ = model.apply(variables, x, extra, train=train, rngs=rngs)
+  return out.astype(jnp.float32), model_state
+
+
+def _targets(batch: Batch, target_key: str, num_outputs: int) -> jax.Array:
+  """`batch[target_key]` as [batch, num_outputs] float32."""
+  if target_key not in batch:
+    raise KeyError(
+        f'The batch has no target {target_key!r} (loss.target_key); add it '
+        f'to config.data.extra_keys. Batch keys: {sorted(batch)}.'
+    )
+  y = jnp.asarray(batch[target_key]).astype(jnp.float32)
+  y = y.reshape(y.shape[0], -1)
+  if y.shape[1] != num_outputs:
+    raise ValueError(
+        f'Target {target_key!r} has {y.shape[1]} columns but the model '
+        f'outputs {num_outputs}; set model.num_outputs={y.shape[1]}.'
+    )
+  return y
+
+
+def classify_loss(
+    params: Params,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    target_key: str = 'labels',
+    extra_keys: Sequence[str] = (),
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+  """Sigmoid binary cross-entropy, mean over labels and real rows.
+
+  Multi-label (one independent sigmoid per label, as Ribeiro et al. 2020)
+  or binary (K = 1).
+
+  Args:
+    params: the model's 'params'.
+    batch: 'ecg' [batch, time, 12], `target_key` [batch, K] or [batch]
+      (bool or 0/1 float), 'mask' [batch], and the `extra_keys`.
+    rng: key of the 'dropout' stream.
+    model: ResNet-like module with K = `num_outputs` logits.
+    model_state: `{'batch_stats': ...}` or `{}`.
+    target_key: batch key of the labels.
+    extra_keys: batch keys joined into the model's `extra` input.
+
+  Returns:
+    `(loss, (metrics, new_model_state))`; metrics 'bce' and 'accuracy'
+    (logit > 0 vs label, mean over labels), mask-weighted.
+  """
+  logits, new_state = _apply(model, params, model_state, batch, train=True,
+                             rng=rng, extra_keys=extra_keys)
+  y = _targets(batch, target_key, logits.shape[1])
+  mask = _batch_mask(batch)
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y), axis=1)
+  correct = jnp.mean(((logits > 0) == (y > 0.5)).astype(jnp.float32), axis=1)
+  loss = _masked_mean(bce, mask)
+  return loss, (dict(bce=loss, accuracy=_masked_mean(correct, mask)),
+                new_state)
+
+
+def classify_eval(
+    params: Params,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    target_key: str = 'labels',
+    extra_keys: Sequence[str] = (),
+) -> dict[str, jax.Array]:
+  """Per-example BCE and accuracy (averaged), logits and targets (collected).
+
+  Returns:
+    'loss', 'accuracy' [batch]; 'logits', 'targets' [batch, K] float32.
+  """
+  logits, _ = _apply(model, params, model_state, batch, train=False,
+                     extra_keys=extra_keys)
+  y = _targets(batch, target_key, logits.shape[1])
+  return dict(
+      loss=jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y), axis=1),
+      accuracy=jnp.mean(
+          ((logits > 0) == (y > 0.5)).astype(jnp.float32), axis=1),
+      logits=logits,
+      targets=y,
+  )
+
+
+def classify_summarize(
+    means: Mapping[str, Any], collected: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+  """AUROC per label and macro AUROC over the whole eval split.
+
+  Args:
+    means: split means of `classify_eval`'s 'loss' and 'accuracy'.
+    collected: 'logits' and 'targets' [n, K] of every real eval record.
+
+  Returns:
+    'auroc' (mean over labels with both classes; NaN if none), 'bce',
+    'prevalence' (mean target), and for K > 1 'auroc_dim_00'.. per label.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from factorecg_jax.analysis import statistics
+  labels = np.asarray(collected['targets']) > 0.5
+  scores = np.asarray(collected['logits'], np.float64)
+  out = {'auroc': float(statistics.macro_auroc(labels, scores)),
+         'prevalence': float(labels.mean())}
+  if 'loss' in means:
+    out['bce'] = float(means['loss'])
+  if labels.shape[1] > 1:
+    for k in range(labels.shape[1]):
+      out[f'auroc_dim_{k:02d}'] = statistics.auroc(labels[:, k], scores[:, k])
+  return out
+
+
+def _scale(values: Sequence[float] | float | None, default: float):
+  return jnp.asarray(default if values is None else values, jnp.float32)
+
+
+def regress_loss(
+    params: Params,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    target_key: str = 'ef',
+    extra_keys: Sequence[str] = (),
+    target_mean: Sequence[float] | float | None = None,
+    target_std: Sequence[float] | float | None = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+  """MSE on standardised targets, `(y - target_mean) / target_std`.
+
+  Args:
+    params, batch, rng, model, model_state, extra_keys: as `classify_loss`;
+      `batch[target_key]` [batch, K] or [batch] float in physical units
+      (e.g. EF in %).
+    target_key: batch key of the targets.
+    target_mean: [K] (or one) mean the targets are centred by (None: 0).
+    target_std: [K] (or one) scale (None: 1); the model predicts the
+      standardised target.
+
+  Returns:
+    `(loss, (metrics, new_model_state))`; metrics 'mse' (standardised).
+  """
+  out, new_state = _apply(model, params, model_state, batch, train=True,
+                          rng=rng, extra_keys=extra_keys)
+  y = _targets(batch, target_key, out.shape[1])
+  z = (y - _scale(target_mean, 0.0)) / _scale(target_std, 1.0)
+  loss = _masked_mean(jnp.mean(jnp.square(out - z), axis=1),
+                      _batch_mask(batch))
+  return loss, (dict(mse=loss), new_state)
+
+
+def regress_eval(
+    params: Params,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    target_key: str = 'ef',
+    extra_keys: Sequence[str] = (),
+    target_mean: Sequence[float] | float | None = None,
+    target_std: Sequence[float] | float | None = None,
+) -> dict[str, jax.Array]:
+  """Standardised squared error (averaged); predictions and targets in
+  physical units (collected).
+
+  Returns:
+    'loss' [batch]; 'predictions', 'targets' [batch, K] float32.
+  """
+  out, _ = _apply(model, params, model_state, batch, train=False,
+                  extra_keys=extra_keys)
+  y = _targets(batch, target_key, out.shape[1])
+  mean, std = _scale(target_mean, 0.0), _scale(target_std, 1.0)
+  return dict(
+      loss=jnp.mean(jnp.square(out - (y - mean) / std), axis=1),
+      predictions=out * std + mean,
+      targets=y,
+  )
+
+
+def regress_summarize(
+    means: Mapping[str, Any], collected: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+  """MAE, RMSE and R^2 in physical units over the whole eval split.
+
+  Returns:
+    'mae', 'rmse', 'r2' (means over targets) and, for K > 1,
+    'mae_dim_00'.. and 'r2_dim_00'.. per target.
+  """
+  del means
+  pred = np.asarray(collected['predictions'], np.float64)
+  y = np.asarray(collected['targets'], np.float64)
+  err = pred - y
+  mae = np.mean(np.abs(err), axis=0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    r2 = 1.0 - np.sum(err**2, axis=0) / np.sum((y - y.mean(0))**2, axis=0)
+  out = {'mae': float(mae.mean()), 'rmse': float(np.sqrt(np.mean(err**2))),
+         'r2': float(r2.mean())}
+  if y.shape[1] > 1:
+    for k in range(y.shape[1]):
+      out[f'mae_dim_{k:02d}'] = float(mae[k])
+      out[f'r2_dim_{k:02d}'] = float(r2[k])
+  return out
+
+
+def _risk(out: jax.Array) -> jax.Array:
+  if out.shape[1] != 1:
+    raise ValueError(
+        f'The Cox head needs one output (log relative hazard), got '
+        f'{out.shape[1]}; set model.num_outputs=1.'
+    )
+  return out[:, 0]
+
+
+def cox_loss(
+    params: Params,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    extra_keys: Sequence[str] = (),
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+  """Negative Cox partial likelihood (Breslow ties) of the whole batch.
+
+  `survival_loss.cox_loss(risk, batch['time'], batch['event'], mask)`;
+  under jit on the mesh the batch is the global one, so the risk sets span
+  every device: the global-batch partial likelihood, not a per-device
+  approximation.
+
+  Args:
+    params, rng, model, model_state, extra_keys: as `classify_loss`.
+    batch: 'ecg', 'time' [batch] years, 'event' [batch] bool, 'mask'.
+
+  Returns:
+    `(loss, (metrics, new_model_state))`; metrics 'event_rate' (share of
+    real rows with an event).
+  """
+  out, new_state = _apply(model, params, model_state, batch, train=True,
+                          rng=rng, extra_keys=extra_keys)
+  mask = _batch_mask(batch)
+  event = jnp.asarray(batch['event']).astype(jnp.float32)
+  loss = survival_loss.cox_loss(_risk(out), batch['time'], event, mask)
+  return loss, (dict(event_rate=_masked_mean(event, mask)), new_state)
+
+
+def cox_eval(
+    params: Params,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    model_state: ModelState | None = None,
+    extra_keys: Sequence[str] = (),
+) -> dict[str, jax.Array]:
+  """The predicted log relative hazard 'risk' [batch] (collected)."""
+  out, _ = _apply(model, params, model_state, batch, train=False,
+                  extra_keys=extra_keys)
+  return dict(risk=_risk(out))
+
+
+# Horizon of the time-dependent AUROC of `cox_summarize` (1-year mortality).
+COX_HORIZON_YEARS = 1.0
+
+
+def cox_summarize(
+    means: Mapping[str, Any], collected: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+  """C-index, whole-split partial likelihood and 1-year AUROC.
+
+  The 1-year cumulative/dynamic AUROC (Uno et al. 2007) weights cases by
+  the Kaplan-Meier censoring distribution of the eval split itself (the
+  loop has no training labels at hand); NaN when it cannot be computed
+  (no case or control, scikit-survival missing).
+
+  Args:
+    means: unused ('risk' is collected, not averaged).
+    collected: 'risk', 'time', 'event' [n] of every real eval record.
+
+  Returns:
+    'c_index' (Harrell), 'loss' (the Breslow partial likelihood per event
+    over the whole split), 'auroc_1y', 'event_rate'.
+  """
+  del means
+  # pylint: disable-next=g-import-not-at-top
+  from factorecg_jax.analysis import statistics
+  risk = np.asarray(collected['risk'], np.float64)
+  time = np.asarray(collected['time'], np.float64)
+  event = np.asarray(collected['event']).astype(bool)
+  out = {
+      'c_index': statistics.concordance_index(time, risk, event),
+      'loss': float(survival_loss.cox_loss(risk, time, event)),
+      'event_rate': float(event.mean()),
+  }
+  # Follow-up past the horizon only marks a control (weighted 1/G(horizon)),
+  # so test times are cut just beyond it: the AUROC is unchanged and the
+  # censoring survival G never reaches the zero that a censored longest
+  # follow-up gives it.
+  cut = 2.0 * COX_HORIZON_YEARS
+  try:
+    out['auroc_1y'] = statistics.time_dependent_auroc(
+        time, event, np.minimum(time, cut), event & (time <= cut), risk,
+        horizon=COX_HORIZON_YEARS)
+  except (ImportError, ValueError):
+    out['auroc_1y'] = float('nan')
+  return out
+
+
 TASKS = {
     'vae': Task(
         loss_fn=vae_loss, eval_fn=vae_eval, summarize_fn=vae_summarize
+    ),
+    'classify': Task(
+        loss_fn=classify_loss, eval_fn=classify_eval,
+        summarize_fn=classify_summarize,
+        collect=('logits', 'targets', 'index'), inputs_fn=model_inputs,
+    ),
+    'regress': Task(
+        loss_fn=regress_loss, eval_fn=regress_eval,
+        summarize_fn=regress_summarize,
+        collect=('predictions', 'targets', 'index'), inputs_fn=model_inputs,
+    ),
+    'cox': Task(
+        loss_fn=cox_loss, eval_fn=cox_eval, summarize_fn=cox_summarize,
+        collect=('risk', 'time', 'event', 'index'), inputs_fn=model_inputs,
     ),
 }

@@ -1,24 +1,52 @@
 """Train state, optimizer and the sharded initialisation.
 
 The state is flax's `TrainState` (params, optimizer state, step; `apply_fn`
-and `tx` are static). It is born sharded: `jax.eval_shape` gives the abstract
+and `tx` are static) with one field added, `batch_stats`, as flax
+examples/imagenet does: the model's non-parameter variables (BatchNorm
+running statistics; `{}` for a stateless model such as the VAE). It is born
+sharded: `jax.eval_shape` gives the abstract
 state (also the restore target for checkpoints) and `jax.jit(init_fn,
 out_shardings=...)` materialises it directly on the mesh, so no full copy is
 ever built on one device first.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from factorecg_jax.training import sharding
 
-TrainState = train_state.TrainState
+# Variable collections kept in the train state besides 'params'. Others that
+# `init` may return ('intermediates' from `sow`, 'perturbations') are
+# per-call outputs, not state.
+STATE_COLLECTIONS = ('batch_stats',)
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus the model's mutable state (imagenet train.py).
+
+  Attributes:
+    batch_stats: the 'batch_stats' collection (BatchNorm running mean and
+      variance), updated by every training step; `{}` for models without
+      one.
+  """
+
+  batch_stats: Any = struct.field(default_factory=dict)
+
+  @property
+  def model_state(self) -> dict[str, Any]:
+    """The non-parameter variables, `{'batch_stats': ...}` or `{}`.
+
+    What a task's `loss_fn`/`eval_fn` receive as `model_state`; a model is
+    applied to `{'params': params, **model_state}`.
+    """
+    return {'batch_stats': self.batch_stats} if self.batch_stats else {}
 
 # RNG streams a model may draw from at init; unused streams are ignored.
 INIT_RNG_STREAMS = ('params', 'sample', 'dropout')
@@ -93,6 +121,60 @@ def create_optimizer(
   return opt
 
 
+def _make_init_fn(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    input_dtype: Any,
+    extra_input_shapes: Sequence[tuple[int, ...]],
+):
+  """`rng -> TrainState`, the initialiser both functions below trace."""
+
+  def init_fn(rng):
+    keys = jax.random.split(rng, len(INIT_RNG_STREAMS))
+    rngs = dict(zip(INIT_RNG_STREAMS, keys))
+    inputs = [jnp.zeros(input_shape, input_dtype)]
+    inputs += [jnp.zeros(tuple(s), jnp.float32) for s in extra_input_shapes]
+    variables = model.init(rngs, *inputs)
+    state = TrainState.create(
+        apply_fn=model.apply, params=variables['params'], tx=tx,
+        batch_stats=variables.get('batch_stats', {}),
+    )
+    # A strongly typed step keeps the jitted step's signature identical
+    # before and after a checkpoint restore (no retrace on resume).
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+  return init_fn
+
+
+def _with_shardings(abstract: Any, mesh: jax.sharding.Mesh) -> Any:
+  # Pure data parallelism: every leaf is replicated over the mesh.
+  repl = sharding.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+      abstract,
+  )
+
+
+def abstract_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    mesh: jax.sharding.Mesh,
+    input_dtype: Any = jnp.float32,
+    *,
+    extra_input_shapes: Sequence[tuple[int, ...]] = (),
+) -> TrainState:
+  """The train state's `jax.ShapeDtypeStruct` tree, replicated on `mesh`.
+
+  Computes and allocates nothing: the restore target of a checkpoint.
+  Arguments as `create_train_state`.
+  """
+  init_fn = _make_init_fn(model, tx, tuple(input_shape), input_dtype,
+                          extra_input_shapes)
+  return _with_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh)
+
+
 def create_train_state(
     rng: jax.Array,
     model: nn.Module,
@@ -100,41 +182,33 @@ def create_train_state(
     input_shape: tuple[int, ...],
     mesh: jax.sharding.Mesh,
     input_dtype: Any = jnp.float32,
+    *,
+    extra_input_shapes: Sequence[tuple[int, ...]] = (),
 ) -> tuple[TrainState, TrainState]:
   """Initialises the train state directly in its (replicated) sharding.
 
+  Every collection `model.init` makes is initialised: 'params' and, for
+  models with BatchNorm, 'batch_stats' (the state's `batch_stats`).
+
   Args:
     rng: PRNG key; split into the `INIT_RNG_STREAMS`.
-    model: Linen module, initialised as `model.init(rngs, x)`.
+    model: Linen module, initialised as `model.init(rngs, x, *extras)`.
     tx: optimizer.
     input_shape: shape of one model input including a batch axis, e.g.
       `(1, 600, 12)`; the batch size does not affect the parameters.
     mesh: mesh to place the state on.
     input_dtype: dtype of the dummy input.
+    extra_input_shapes: shapes of further positional inputs (float32
+      zeros), e.g. `[(1, 2)]` for a ResNet's `extra` (age, sex).
 
   Returns:
     `(state, abstract_state)`: the initialised state and its
     `jax.ShapeDtypeStruct` tree whose leaves carry the target shardings (the
     restore target for checkpoints).
   """
-
-  def init_fn(rng):
-    keys = jax.random.split(rng, len(INIT_RNG_STREAMS))
-    rngs = dict(zip(INIT_RNG_STREAMS, keys))
-    variables = model.init(rngs, jnp.zeros(input_shape, input_dtype))
-    state = TrainState.create(
-        apply_fn=model.apply, params=variables['params'], tx=tx
-    )
-    # A strongly typed step keeps the jitted step's signature identical
-    # before and after a checkpoint restore (no retrace on resume).
-    return state.replace(step=jnp.zeros((), jnp.int32))
-
-  abstract = jax.eval_shape(init_fn, rng)
-  # Pure data parallelism: every leaf is replicated over the mesh.
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  init_fn = _make_init_fn(model, tx, tuple(input_shape), input_dtype,
+                          extra_input_shapes)
+  abstract_state = _with_shardings(jax.eval_shape(init_fn, rng), mesh)
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
   state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, state_sharding,
-  )
   return state, abstract_state

@@ -3,7 +3,11 @@
 `train_and_evaluate(config, workdir)` reads top to bottom in big_vision's
 order: mesh -> data -> model and optimizer -> sharded init -> jitted steps ->
 restore -> loop -> final eval and checkpoint. A task (`losses.TASKS`) supplies
-the loss and the evaluation; the loop knows no model. The same workdir
+the loss and the evaluation; the loop knows no model. Models with mutable
+state (BatchNorm) train in the same loop: the state's `batch_stats` go into
+the task's loss and come back updated. A task may ask for per-example arrays
+of the whole eval split (`Task.collect`); the final eval's are saved to
+`<workdir>/eval_predictions.npz`. The same workdir
 resumes a killed run from its latest checkpoint, and because the data
 iterator restarts at that step and step keys are `fold_in(rng, step)`, a
 resumed run is bit-identical to an uninterrupted one.
@@ -50,7 +54,9 @@ Metrics = dict[str, jax.Array]
 GUARDED_METRICS = ('loss', 'l2_grads', 'l2_params')
 # Eval metrics shown on the console (all of them go to metrics.jsonl).
 EVAL_HEADLINE = ('loss', 'r2', 'mse', 'kl', 'active_units', 'auroc',
-                 'c_index', 'mae')
+                 'c_index', 'auroc_1y', 'mae')
+# The collected arrays of the final evaluation (process 0 writes it).
+PREDICTIONS_FILE = 'eval_predictions.npz'
 
 
 def train_step(
@@ -58,7 +64,8 @@ def train_step(
     batch: Batch,
     rng: jax.Array,
     *,
-    loss_fn: Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]],
+    loss_fn: Callable[..., tuple[jax.Array, tuple[Mapping[str, jax.Array],
+                                                  Mapping[str, Any]]]],
     learning_rate_fn: optax.Schedule | None = None,
 ) -> tuple[TrainState, Metrics]:
   """One optimizer step on a global batch; pure, jitted once by the caller.
@@ -69,9 +76,11 @@ def train_step(
       `[batch, 600, 12]` float32 mV and `mask` `[batch]` float32.
     rng: base PRNG key of the run; the step number is folded in, so every
       step draws fresh randomness that is reproducible after a restore.
-    loss_fn: `loss_fn(params, batch, rng) -> (loss, metrics)`, the task loss
-      with the model and loss settings bound; a mask-weighted mean over the
-      batch, hence already global (no cross-device reduction needed).
+    loss_fn: `loss_fn(params, batch, rng, *, model_state) -> (loss,
+      (metrics, new_model_state))`, the task loss with the model and loss
+      settings bound; a mask-weighted mean over the batch, hence already
+      global (no cross-device reduction needed). `new_model_state`'s
+      'batch_stats' (if any) replace the state's.
     learning_rate_fn: optional schedule, logged as `learning_rate`.
 
   Returns:
@@ -83,12 +92,15 @@ def train_step(
   step_rng = jax.random.fold_in(rng, state.step)
 
   def objective(params):
-    return loss_fn(params, batch, step_rng)
+    return loss_fn(params, batch, step_rng, model_state=state.model_state)
 
-  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-      state.params
+  (loss, (aux, new_model_state)), grads = jax.value_and_grad(
+      objective, has_aux=True
+  )(state.params)
+  new_state = state.apply_gradients(
+      grads=grads,
+      batch_stats=new_model_state.get('batch_stats', state.batch_stats),
   )
-  new_state = state.apply_gradients(grads=grads)
   updates = jax.tree.map(jnp.subtract, new_state.params, state.params)
   metrics = dict(aux)
   metrics.update(
@@ -107,59 +119,106 @@ def eval_step(
     batch: Batch,
     *,
     eval_fn: Callable[..., Mapping[str, jax.Array]],
-) -> Metrics:
+    collect: tuple[str, ...] = (),
+) -> tuple[Metrics, dict[str, jax.Array]]:
   """Masked sums of the task's per-example eval outputs over one batch.
 
   Padded rows (`mask == 0`, the filler of the last eval batch) contribute
   nothing, not even a NaN; the caller divides the summed sums by the summed
-  `num_examples`, so every real example weighs the same.
+  `num_examples`, so every real example weighs the same. Outputs named in
+  `collect` are returned per example instead (with the batch's `mask`, so
+  that the caller can drop the padding).
 
   Args:
     state: train state.
     batch: global eval batch with `mask` `[batch]` float32 (1 = real row).
-    eval_fn: `eval_fn(params, batch) -> {name: [batch, ...]}`.
+    eval_fn: `eval_fn(params, batch, *, model_state) -> {name: [batch,
+      ...]}`.
+    collect: names of `eval_fn` outputs or batch keys to return per example.
 
   Returns:
-    `{name: sum over real rows, shape [...]}` plus `num_examples` (scalar).
+    `(sums, rows)`: `{name: sum over real rows, shape [...]}` plus
+    `num_examples` (scalar); `{name: [batch, ...]}` for the `collect`
+    names plus 'mask' (empty if nothing is collected).
+
+  Raises:
+    KeyError: if a `collect` name is neither an output nor a batch key.
   """
-  outputs = eval_fn(state.params, batch)
+  outputs = eval_fn(state.params, batch, model_state=state.model_state)
+  rows = {}
+  for name in collect:
+    if name in outputs:
+      rows[name] = outputs[name]
+    elif name in batch:
+      rows[name] = batch[name]
+    else:
+      raise KeyError(
+          f'Cannot collect {name!r}: not an eval output '
+          f'({sorted(outputs)}) nor a batch key ({sorted(batch)}).'
+      )
+  if rows:
+    rows['mask'] = batch['mask']
   real = batch['mask'] > 0
   sums = {}
   for name, value in outputs.items():
+    if name in collect:
+      continue
     value = jnp.asarray(value, jnp.float32)
     keep = real.reshape(real.shape + (1,) * (value.ndim - 1))
     sums[name] = jnp.sum(jnp.where(keep, value, 0.0), axis=0)
   sums['num_examples'] = jnp.sum(real.astype(jnp.float32))
-  return sums
+  return sums, rows
+
+
+def _gather_rows(rows: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+  """Global row-sharded arrays as host numpy arrays, on every process."""
+  if jax.process_count() > 1:
+    # Rows of other processes' devices are not addressable here.
+    # pylint: disable-next=g-import-not-at-top
+    from jax.experimental import multihost_utils
+    return {k: np.asarray(v) for k, v in
+            multihost_utils.process_allgather(dict(rows), tiled=True).items()}
+  return {k: np.asarray(v) for k, v in jax.device_get(dict(rows)).items()}
 
 
 def evaluate(
-    jit_eval_step: Callable[[TrainState, Batch], Metrics],
+    jit_eval_step: Callable[
+        [TrainState, Batch], tuple[Metrics, dict[str, jax.Array]]],
     state: TrainState,
     eval_batches: Iterator[Mapping[str, np.ndarray]],
     mesh: jax.sharding.Mesh,
-    summarize_fn: Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
-    | None = None,
-) -> dict[str, float]:
-  """Runs a full pass over the eval set; returns scalar metrics.
+    summarize_fn: Callable[..., Mapping[str, Any]] | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """Runs a full pass over the eval set; returns scalars and collected rows.
 
   Args:
-    jit_eval_step: jitted `eval_step`.
+    jit_eval_step: jitted `eval_step` (its `collect` bound).
     state: train state.
     eval_batches: this process's local eval batches (finite, padded, masked).
     mesh: mesh the global batches are built on.
-    summarize_fn: maps the means `{name: [...]}` to scalars (e.g. active
-      units from E[mu] and E[mu^2]); its outputs are added to the scalar
-      means.
+    summarize_fn: `summarize_fn(means, collected)` maps the means `{name:
+      [...]}` and the collected arrays to scalars (e.g. active units from
+      E[mu] and E[mu^2], AUROC from logits and labels); its outputs are
+      added to the scalar means.
 
   Returns:
-    `{name: float}`: the means that are scalars, the summaries and
-    `num_examples`.
+    `(scalars, collected)`: `{name: float}`, the means that are scalars,
+    the summaries and `num_examples`; `{name: [num_real, ...]}`, the
+    collected arrays of every real row of the split (all devices and
+    processes; the order of the eval stream, i.e. record order), identical
+    on every process.
   """
   totals: dict[str, np.ndarray] = {}
+  pieces: dict[str, list[np.ndarray]] = {}
   for local_batch in eval_batches:
     batch = sharding.make_global_batch(local_batch, mesh)
-    sums = jax.device_get(jit_eval_step(state, batch))
+    sums, rows = jit_eval_step(state, batch)
+    sums = jax.device_get(sums)
+    if rows:
+      rows = _gather_rows(rows)
+      real = rows.pop('mask') > 0
+      for name, value in rows.items():
+        pieces.setdefault(name, []).append(value[real])
     for name, value in sums.items():
       # float64 on the host keeps the sum exact over many batches.
       value = np.asarray(value, np.float64)
@@ -168,13 +227,25 @@ def evaluate(
   if count == 0:
     raise ValueError('The eval set is empty.')
   means = {name: total / count for name, total in totals.items()}
+  collected = {name: np.concatenate(v) for name, v in pieces.items()}
   scalars = {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
   if summarize_fn is not None:
     scalars.update(
-        {k: float(v) for k, v in summarize_fn(dict(means)).items()}
+        {k: float(v)
+         for k, v in summarize_fn(dict(means), dict(collected)).items()}
     )
   scalars['num_examples'] = count
-  return scalars
+  return scalars, collected
+
+
+def save_predictions(workdir: str, collected: Mapping[str, np.ndarray]):
+  """Writes `<workdir>/eval_predictions.npz` (process 0; atomic rename)."""
+  if jax.process_index() != 0 or not collected:
+    return
+  path = os.path.join(workdir, PREDICTIONS_FILE)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **collected)
+  os.replace(tmp, path)
 
 
 def _check_finite(
@@ -220,6 +291,7 @@ def _code_version() -> str:
 # checkpoints: they decide the parameters' shapes or what the data mean.
 RESUME_FIXED = ('task', 'model_name', 'model', 'seed', 'data.source',
                 'data.name', 'data.mode', 'data.seed', 'data.num_train',
+                'data.survival_model',
                 'data.input_key', 'data.normalization', 'train.batch_size')
 
 
@@ -300,11 +372,30 @@ def _run_info(config: ml_collections.ConfigDict, mesh, start_step) -> dict:
   }
 
 
-def _build_model(config: ml_collections.ConfigDict):
+def _model_fields(model_cls: Any) -> set[str]:
+  """Field names of a Linen module class or of a `functools.partial` one."""
+  while isinstance(model_cls, functools.partial):
+    model_cls = model_cls.func
+  return {f.name for f in dataclasses.fields(model_cls)}
+
+
+def _tuples(value: Any) -> Any:
+  # Sequences read back from config.json are lists; module fields such as
+  # ResNet.filters are tuples (hashable, as the presets spell them).
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, Mapping):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def build_model(config: ml_collections.ConfigDict):
   """`MODELS[config.model_name](**config.model)`.
 
-  The form of docs/CONTRACTS.md, `MODELS[config.model.name](
-  **config.model.kwargs)`, is accepted too.
+  `MODELS` entries may be classes or `functools.partial` presets (e.g.
+  'resnet_cpu'); `config.model` overrides a preset's settings. The form of
+  docs/CONTRACTS.md, `MODELS[config.model.name](**config.model.kwargs)`, is
+  accepted too.
   """
   if 'model_name' in config:
     name, kwargs = config.model_name, config.model.to_dict()
@@ -314,13 +405,17 @@ def _build_model(config: ml_collections.ConfigDict):
   if name not in models.MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {sorted(models.MODELS)}.')
   model_cls = models.MODELS[name]
-  dtype = config.train.get('dtype')
-  fields = {f.name for f in dataclasses.fields(model_cls)}
-  if dtype and 'dtype' in fields and 'dtype' not in kwargs:
+  kwargs = _tuples(dict(kwargs))
+  dtype = config.train.get('dtype') if 'train' in config else None
+  if dtype and 'dtype' in _model_fields(model_cls) and 'dtype' not in kwargs:
     # train.dtype sets the computation dtype (bfloat16: mixed precision);
-    # parameters stay float32.
+    # parameters stay float32. It wins over a preset's dtype.
     kwargs['dtype'] = jnp.dtype(dtype)
   return model_cls(**kwargs)
+
+
+# The name runs.py / stages used first.
+_build_model = build_model
 
 
 def _get_task(config: ml_collections.ConfigDict):
@@ -401,6 +496,35 @@ def final_metrics(workdir: str) -> dict[str, float]:
   return out
 
 
+def model_input_shapes(
+    task: Any, batch: Mapping[str, Any], loss_kwargs: Mapping[str, Any]
+) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+  """Shapes (batch axis 1) of the model's inputs for one batch.
+
+  Args:
+    task: has an optional `inputs_fn(batch, **loss_kwargs) -> (x, *more)`;
+      without one the only input is `batch['ecg']`.
+    batch: a (host) batch.
+    loss_kwargs: `config.loss`.
+
+  Returns:
+    `(input_shape, extra_input_shapes)`: of `x`, and of the further inputs
+    that are not None (e.g. the ResNet's `extra` [1, E]).
+  """
+  inputs_fn = getattr(task, 'inputs_fn', None)
+  if inputs_fn is None:
+    shapes = [np.shape(batch['ecg'])]
+  else:
+    # Shapes only: nothing is computed or placed on a device.
+    abstract = jax.eval_shape(
+        lambda b: inputs_fn(b, **loss_kwargs),
+        {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+         for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'})
+    shapes = [a.shape for a in abstract if a is not None]
+  shapes = [(1,) + tuple(s[1:]) for s in shapes]
+  return shapes[0], shapes[1:]
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -418,7 +542,8 @@ def train_and_evaluate(
       checkpoints/. If it has a checkpoint, training resumes from it.
     model: Linen module to train instead of
       `MODELS[config.model_name](**config.model)` (tests, forks).
-    task: object with `loss_fn`, `eval_fn`, `summarize_fn` to use instead of
+    task: object with `loss_fn`, `eval_fn`, `summarize_fn` (and optionally
+      `collect`, `inputs_fn`; see `losses.Task`) to use instead of
       `losses.TASKS[config.task]`.
     get_datasets: replacement for `input_pipeline.get_datasets`, same
       signature and outputs.
@@ -498,9 +623,13 @@ def train_and_evaluate(
       lambda: tuple(jax.random.split(jax.random.key(config.seed))),
       out_shardings=(repl, repl),
   )()
-  input_shape = (1,) + tuple(np.shape(first_batch['ecg'])[1:])
+  # The model's inputs (the task's `inputs_fn`, default the ECG) fix the
+  # parameter shapes; config.json records them for `restore.restore`.
+  input_shape, extra_input_shapes = model_input_shapes(
+      task, first_batch, loss_kwargs)
   state, abstract_state = state_lib.create_train_state(
-      init_rng, model, tx, input_shape, mesh
+      init_rng, model, tx, input_shape, mesh,
+      extra_input_shapes=extra_input_shapes,
   )
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -517,13 +646,16 @@ def train_and_evaluate(
       out_shardings=(state_sharding, repl),
       donate_argnums=0,
   )
+  collect = tuple(getattr(task, 'collect', ()) or ())
   jit_eval_step = jax.jit(
       functools.partial(
           eval_step,
           eval_fn=functools.partial(task.eval_fn, model=model, **loss_kwargs),
+          collect=collect,
       ),
       in_shardings=(state_sharding, rows),
-      out_shardings=repl,
+      # Collected rows stay sharded; `evaluate` gathers them to the hosts.
+      out_shardings=(repl, rows),
   )
 
   # Restore: the same workdir resumes a pre-empted or killed run.
@@ -537,14 +669,18 @@ def train_and_evaluate(
   run_info['num_params'] = num_params
   run_info['num_steps_from'] = steps_from
   run_info['data'] = _describe_data(data_info or {})
+  run_info['input_shape'] = list(input_shape)
+  run_info['extra_input_shapes'] = [list(s) for s in extra_input_shapes]
   writer.write_hparams(dict(config.to_dict(), run_info=run_info))
   logging.info('Data: %s', run_info['data'])
 
-  def run_eval(step, state):
-    scalars = evaluate(
+  def run_eval(step, state, final=False):
+    scalars, collected = evaluate(
         jit_eval_step, state, make_eval_iter(), mesh,
         getattr(task, 'summarize_fn', None),
     )
+    if final:
+      save_predictions(workdir, collected)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
     writer.flush()
     # Per-dimension metrics (e.g. kl_dim_07) go to metrics.jsonl only.
@@ -635,13 +771,13 @@ def train_and_evaluate(
 
         if is_eval:
           eval_start = time.perf_counter()
-          run_eval(step, state)
+          run_eval(step, state, final=is_last)
           # Throughput figures count training time only.
           last_log_time += time.perf_counter() - eval_start
           progress.exclude(time.perf_counter() - eval_start)
       if start_step >= num_steps:
         logging.info('Already trained to step %d; evaluating only.', step)
-        run_eval(step, state)
+        run_eval(step, state, final=True)
   finally:
     progress.close()
     # Lets a save in flight complete even when training fails, so the last

@@ -164,3 +164,48 @@ def test_evaluate_mode(run):
   assert result['tables']['factor_names']
   mats = np.load(os.path.join(folder, 'matrices.npz'))
   assert mats['mutual_info'].shape[0] == 4  # one row per latent
+
+
+def test_blackbox_and_downstream_comparison(run):
+  config, workdir = run['config'], run['workdir']
+  box = stages.run_stage('blackbox', config, workdir)
+  assert [r['name'] for r in box['tables']['runs']] == [
+      'reduced_ef_beat', 'mortality_beat']
+  for name, path in box['files'].items():
+    assert os.path.exists(os.path.join(workdir, path)), name
+  pred = np.load(os.path.join(workdir, box['files']['reduced_ef_beat']))
+  # The ResNets are scored on the records the factor models are tested on.
+  np.testing.assert_array_equal(pred['index'],
+                                np.arange(config.downstream.num_test))
+
+  result = stages.run_stage('downstream', config, workdir)
+  rows = result['tables']['comparison']
+  keys = {(r['task'], r['model'], r['metric']) for r in rows}
+  for who in ('factors', 'oracle (true factors)'):
+    assert ('16 labels', f'{who}: logistic', 'macro AUROC') in keys
+    assert ('reduced EF', f'{who}: logistic', 'AUROC') in keys
+    assert ('reduced EF', f'{who}: XGBoost', 'AUROC') in keys
+    assert ('1-year mortality', f'{who}: Cox', 'C-index') in keys
+    assert ('1-year mortality', f'{who}: Cox', 'AUROC at 1 y') in keys
+  assert ('reduced EF', 'ResNet (beat)', 'AUROC') in keys
+  assert ('1-year mortality', 'ResNet (beat)', 'C-index') in keys
+  assert len(rows) == 13
+  for r in rows:
+    assert r['n'] == config.downstream.num_test
+    assert 0.0 <= r['low'] <= r['value'] <= r['high'] <= 1.0, r
+  # The true factors carry the labels: the oracle's macro AUROC is high.
+  oracle = next(r for r in rows if r['model'].startswith('oracle')
+                and r['task'] == '16 labels')
+  assert oracle['value'] > 0.8
+  for name in ('comparison', 'km_by_quartile', 'calibration',
+               'counterfactual'):
+    assert os.path.getsize(os.path.join(workdir, result['figures'][name]))
+  with open(os.path.join(workdir, result['files']['markdown'])) as f:
+    markdown = f.read()
+  assert '| reduced EF | ResNet (beat) | AUROC |' in markdown
+  assert '## Counterfactual' in markdown
+  top = result['tables']['top_factors']
+  assert {t['fit'] for t in top} >= {'factors_reduced_ef_logistic',
+                                     'factors_mortality_cox'}
+  cf = result['details']['counterfactual']
+  assert 0.0 < cf['risk'] < 1.0 and 0.0 < cf['new_risk'] < 1.0

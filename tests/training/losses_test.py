@@ -124,9 +124,10 @@ class VAELossTest(absltest.TestCase):
     return jax.tree.map(lambda v: np.asarray(v, np.float64), aux)
 
   def test_loss_equals_numpy(self):
-    loss, metrics = self.loss(
+    loss, (metrics, model_state) = self.loss(
         self.params, {'ecg': self.ecg, 'mask': jnp.ones(3)}, self.rng
     )
+    self.assertEqual(model_state, {})  # the VAE is stateless
     aux = self._outputs(self.ecg)
     x = np.asarray(self.ecg, np.float64)
     var = aux['recon_sd'] ** 2
@@ -173,8 +174,8 @@ class VAELossTest(absltest.TestCase):
     # The padded row holds junk; it must not count.
     junk = self.ecg.at[2].set(1e3)
     three = {'ecg': junk, 'mask': jnp.array([1.0, 1.0, 0.0])}
-    l2, m2 = self.loss(self.params, two, self.rng, sample=False)
-    l3, m3 = self.loss(self.params, three, self.rng, sample=False)
+    l2, (m2, _) = self.loss(self.params, two, self.rng, sample=False)
+    l3, (m3, _) = self.loss(self.params, three, self.rng, sample=False)
     np.testing.assert_allclose(l3, l2, rtol=1e-5)
     for name in m2:
       np.testing.assert_allclose(m3[name], m2[name], rtol=1e-5, err_msg=name)
@@ -260,9 +261,9 @@ class VAELossTest(absltest.TestCase):
           self.params, jax.device_put(batch, rows), self.rng
       )
     np.testing.assert_allclose(sharded[0], single[0], rtol=1e-5)
-    for name in single[1]:
+    for name in single[1][0]:
       np.testing.assert_allclose(
-          sharded[1][name], single[1][name], rtol=1e-5, err_msg=name
+          sharded[1][0][name], single[1][0][name], rtol=1e-5, err_msg=name
       )
 
   def test_task_registry(self):

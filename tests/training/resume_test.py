@@ -5,6 +5,8 @@ slowed down so that it can be SIGKILLed after a checkpoint has been written
 and before the end. Rerunning the same command resumes from the latest
 checkpoint (the data stream restarts at that step, keys are folded with the
 step) and must end with exactly the parameters of an uninterrupted run.
+`kill_and_resume` is shared with resume_resnet_test.py (the BatchNorm
+ResNet, whose batch_stats must resume exactly too).
 """
 
 import os
@@ -17,6 +19,7 @@ import time
 import jax
 import numpy as np
 
+from factorecg_jax.training import losses
 from factorecg_jax.training import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,7 +39,16 @@ def _finished_checkpoints(workdir):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def test_killed_run_resumes_bit_identically(tmp_path):
+def _flat(tree):
+  return {
+      jax.tree_util.keystr(k): np.asarray(v)
+      for k, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def kill_and_resume(tmp_path, task='tiny'):
+  """SIGKILLs `run_tiny.py --task=task` after a checkpoint, reruns it and
+  compares its final variables bit for bit with an uninterrupted run."""
   workdir = str(tmp_path / 'killed')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
@@ -44,7 +56,7 @@ def test_killed_run_resumes_bit_identically(tmp_path):
       sys.executable, RUNNER, '--workdir', workdir,
       '--num_steps', str(NUM_STEPS), '--checkpoint_every',
       str(CHECKPOINT_EVERY), '--devices', '8', '--step_sleep', '0.2',
-      '--out', str(tmp_path / 'resumed.npz'),
+      '--out', str(tmp_path / 'resumed.npz'), '--task', task,
   ]
 
   # 1. Start, wait for a committed checkpoint, SIGKILL before the end.
@@ -80,17 +92,25 @@ def test_killed_run_resumes_bit_identically(tmp_path):
   assert _finished_checkpoints(workdir)[-1] == NUM_STEPS
 
   # 3. An uninterrupted run (in-process, same devices and compiler flags).
+  if task == 'resnet':
+    config = tiny_task.resnet_runner_config(NUM_STEPS, CHECKPOINT_EVERY)
+    model, task_fns = tiny_task.tiny_resnet(), losses.TASKS['classify']
+  else:
+    config = tiny_task.runner_config(NUM_STEPS, CHECKPOINT_EVERY)
+    model, task_fns = tiny_task.TinyAE(latent=4), tiny_task.Task
   with tiny_task.fast_compile():
     state = train.train_and_evaluate(
-        tiny_task.runner_config(NUM_STEPS, CHECKPOINT_EVERY),
-        str(tmp_path / 'straight'), model=tiny_task.TinyAE(latent=4),
-        task=tiny_task.Task, get_datasets=tiny_task.get_datasets,
+        config, str(tmp_path / 'straight'), model=model, task=task_fns,
+        get_datasets=tiny_task.get_datasets,
     )
-  straight = {
-      jax.tree_util.keystr(k): np.asarray(v)
-      for k, v in jax.tree_util.tree_leaves_with_path(state.params)
-  }
+  straight = _flat({'params': state.params, **state.model_state}
+                   if state.model_state else state.params)
   resumed_params = np.load(tmp_path / 'resumed.npz')
   assert sorted(resumed_params) == sorted(straight)
   for name, value in straight.items():
     np.testing.assert_array_equal(resumed_params[name], value, err_msg=name)
+  return straight
+
+
+def test_killed_run_resumes_bit_identically(tmp_path):
+  kill_and_resume(tmp_path)

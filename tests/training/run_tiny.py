@@ -4,10 +4,12 @@ Used by the multi-process and kill-and-resume tests:
 
   python tests/training/run_tiny.py --workdir=/tmp/w --num_steps=20 \
       [--devices=2 --num_processes=2 --process_id=0 --port=12345] \
-      [--step_sleep=0.1] [--out=/tmp/params.npz]
+      [--step_sleep=0.1] [--out=/tmp/params.npz] [--task=resnet]
 
-Prints `PARAMS_SHA256 <hex>` of the final parameters and, with --out, saves
-them as an npz (each process to its own --out).
+`--task=tiny` (default) trains the tiny auto-encoder; `--task=resnet` the
+tiny ResNet (BatchNorm, dropout) on the registered 'classify' task.
+Prints `PARAMS_SHA256 <hex>` of the final parameters (and batch_stats) and,
+with --out, saves them as an npz (each process to its own --out).
 """
 
 import argparse
@@ -27,6 +29,7 @@ parser.add_argument('--process_id', type=int, default=0)
 parser.add_argument('--port', type=int, default=0)
 parser.add_argument('--step_sleep', type=float, default=0.0)
 parser.add_argument('--out', default='')
+parser.add_argument('--task', choices=('tiny', 'resnet'), default='tiny')
 args = parser.parse_args()
 
 # Device count must be fixed before JAX is imported.
@@ -46,6 +49,7 @@ if args.num_processes > 1:
 import numpy as np
 from absl import logging
 
+from factorecg_jax.training import losses
 from factorecg_jax.training import train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,16 +73,26 @@ def slow_datasets(data_config, **kwargs):
 
 def main():
   logging.set_verbosity(logging.INFO)
-  config = tiny_task.runner_config(
-      args.num_steps, args.checkpoint_every, args.batch_size
-  )
+  if args.task == 'resnet':
+    config = tiny_task.resnet_runner_config(
+        args.num_steps, args.checkpoint_every, args.batch_size
+    )
+    model, task = tiny_task.tiny_resnet(), losses.TASKS['classify']
+  else:
+    config = tiny_task.runner_config(
+        args.num_steps, args.checkpoint_every, args.batch_size
+    )
+    model, task = tiny_task.TinyAE(latent=4), tiny_task.Task
   with tiny_task.fast_compile():
     state = train.train_and_evaluate(
-        config, args.workdir, model=tiny_task.TinyAE(latent=4),
-        task=tiny_task.Task, get_datasets=slow_datasets,
+        config, args.workdir, model=model, task=task,
+        get_datasets=slow_datasets,
     )
-  # Params are replicated, so every process holds them all.
-  leaves = jax.tree_util.tree_leaves_with_path(state.params)
+  # Params are replicated, so every process holds them all. The tiny AE has
+  # no batch_stats, so its digest is that of its params as before.
+  leaves = jax.tree_util.tree_leaves_with_path(
+      {'params': state.params, **state.model_state}
+      if state.model_state else state.params)
   arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
   digest = hashlib.sha256()
   for name in sorted(arrays):

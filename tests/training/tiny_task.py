@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from factorecg_jax.models import resnet
+
 LENGTH, LEADS = 16, 12
 # Python-side call counts: a jitted function's body runs once per trace.
 TRACES = {'loss': 0, 'eval': 0}
@@ -35,7 +37,7 @@ def _masked_mean(per_example, mask):
   return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def loss_fn(params, batch, rng, *, model, noise_std=0.1):
+def loss_fn(params, batch, rng, *, model, model_state=None, noise_std=0.1):
   """Denoising MSE; the input noise makes the loss depend on `rng`."""
   TRACES['loss'] += 1
   x = batch['ecg']
@@ -43,11 +45,11 @@ def loss_fn(params, batch, rng, *, model, noise_std=0.1):
   out, _ = model.apply({'params': params}, noisy)
   per_example = jnp.mean((out - x) ** 2, axis=(1, 2))
   loss = _masked_mean(per_example, batch['mask'])
-  return loss, {'mse': loss}
+  return loss, ({'mse': loss}, dict(model_state or {}))
 
 
-def eval_fn(params, batch, *, model, noise_std=0.1):
-  del noise_std
+def eval_fn(params, batch, *, model, model_state=None, noise_std=0.1):
+  del noise_std, model_state
   TRACES['eval'] += 1
   out, aux = model.apply({'params': params}, batch['ecg'])
   return {
@@ -57,7 +59,8 @@ def eval_fn(params, batch, *, model, noise_std=0.1):
   }
 
 
-def summarize_fn(means):
+def summarize_fn(means, collected=None):
+  del collected
   return {'z_var': float(np.mean(means['z_sq'] - means['z'] ** 2))}
 
 
@@ -67,13 +70,18 @@ class Task:
   summarize_fn = staticmethod(summarize_fn)
 
 
-def make_records(n, seed):
-  """Smooth random 12-lead signals `[n, LENGTH, LEADS]` float32."""
+def make_records(n, seed, length=LENGTH):
+  """Smooth random 12-lead signals `[n, length, LEADS]` float32."""
   rng = np.random.default_rng(seed)
-  t = np.linspace(0, 1, LENGTH)[None, :, None]
+  t = np.linspace(0, 1, length)[None, :, None]
   amp = rng.normal(size=(n, 1, LEADS))
   phase = rng.uniform(0, 2 * np.pi, size=(n, 1, LEADS))
   return (amp * np.sin(2 * np.pi * t + phase)).astype(np.float32)
+
+
+def make_labels(records):
+  """A learnable binary label per record: lead I is positive at t = 0."""
+  return (records[:, 0, 0] > 0).astype(np.float32)
 
 
 def get_datasets(data_config, *, global_batch_size, seed, start_step=0):
@@ -81,10 +89,13 @@ def get_datasets(data_config, *, global_batch_size, seed, start_step=0):
 
   Batch k is a function of (seed, k) only, each process taking its rows of
   it, so a restart at `start_step` and any process count see the same global
-  batches. `data_config.nan_at_batch` (if >= 0) poisons that batch with NaN.
+  batches. `data_config.nan_at_batch` (if >= 0) poisons that batch with NaN;
+  `data_config.length` (default LENGTH) sets the samples per record.
   """
-  train = make_records(data_config.num_train, 0)
-  evals = make_records(data_config.num_eval, 1)
+  length = data_config.get('length', LENGTH)
+  train = make_records(data_config.num_train, 0, length)
+  evals = make_records(data_config.num_eval, 1, length)
+  train_labels, eval_labels = make_labels(train), make_labels(evals)
   pc, pi = jax.process_count(), jax.process_index()
   local = global_batch_size // pc
 
@@ -98,7 +109,7 @@ def get_datasets(data_config, *, global_batch_size, seed, start_step=0):
       if k == data_config.get('nan_at_batch', -1):
         ecg[0, 0, 0] = np.nan
       yield {'ecg': ecg, 'mask': np.ones(local, np.float32),
-             'index': idx.astype(np.int64)}
+             'index': idx.astype(np.int64), 'label': train_labels[idx]}
       k += 1
 
   def make_eval_iter():
@@ -106,14 +117,19 @@ def get_datasets(data_config, *, global_batch_size, seed, start_step=0):
     eval_bs = global_batch_size
     local_eval = eval_bs // pc
     for start in range(0, len(evals), eval_bs):
-      ecg = np.zeros((eval_bs, LENGTH, LEADS), np.float32)
+      ecg = np.zeros((eval_bs, length, LEADS), np.float32)
       mask = np.zeros(eval_bs, np.float32)
+      label = np.zeros(eval_bs, np.float32)
+      index = np.full(eval_bs, -1, np.int64)
       chunk = evals[start:start + eval_bs]
-      ecg[:len(chunk)], mask[:len(chunk)] = chunk, 1.0
+      n = len(chunk)
+      ecg[:n], mask[:n], label[:n] = chunk, 1.0, eval_labels[start:start + n]
+      index[:n] = np.arange(start, start + n)
       # Padding is NaN: a masked mean must ignore it.
-      ecg[len(chunk):] = np.nan
+      ecg[n:] = np.nan
       rows = slice(pi * local_eval, (pi + 1) * local_eval)
-      yield {'ecg': ecg[rows], 'mask': mask[rows]}
+      yield {'ecg': ecg[rows], 'mask': mask[rows], 'label': label[rows],
+             'index': index[rows]}
 
   info = {'num_train': len(train), 'num_eval': len(evals)}
   return train_iter(), make_eval_iter, info
@@ -160,6 +176,30 @@ def runner_config(num_steps, checkpoint_every, batch_size=16):
       'train.log_every': 5,
       'train.check_finite_every': 5,
   })
+
+
+# The tiny ResNet (BatchNorm, dropout) of `resnet_runner_config`, as
+# `resnet._TinyResNet(num_outputs=1)` spells it in config.model.
+TINY_RESNET = dict(num_outputs=1, stem_filters=4, filters=(8, 8),
+                   downsample=(4, 4), kernel_size=5)
+
+
+def tiny_resnet():
+  return resnet._TinyResNet(num_outputs=1)  # pylint: disable=protected-access
+
+
+def resnet_runner_config(num_steps, checkpoint_every, batch_size=16):
+  """`runner_config` for the registered 'classify' task on `tiny_resnet`.
+
+  The model entry builds through `models.MODELS` ('resnet' with the tiny
+  sizes), so `restore.restore` can rebuild it from config.json.
+  """
+  config = runner_config(num_steps, checkpoint_every, batch_size)
+  config.task = 'classify'
+  config.model_name = 'resnet'
+  config.model = ml_collections.ConfigDict(TINY_RESNET)
+  config.loss = ml_collections.ConfigDict({'target_key': 'label'})
+  return config
 
 
 @contextlib.contextmanager

@@ -152,15 +152,17 @@ def test_evaluate_is_a_masked_mean():
   )
   jit_eval_step = jax.jit(
       lambda s, b: train.eval_step(
-          s, b, eval_fn=lambda p, x: tiny_task.eval_fn(p, x, model=model)
+          s, b, eval_fn=lambda p, x, **kw: tiny_task.eval_fn(
+              p, x, model=model, **kw)
       ),
       in_shardings=(jax.tree.map(lambda x: x.sharding, abstract),
                     sharding.rows(mesh)),
   )
   with jax.set_mesh(mesh):
-    scalars = train.evaluate(
+    scalars, collected = train.evaluate(
         jit_eval_step, state, make_eval_iter(), mesh, tiny_task.summarize_fn
     )
+  assert collected == {}  # nothing asked for
   records = tiny_task.make_records(config.data.num_eval, 1)
   out, aux = model.apply({'params': jax.device_get(state.params)}, records)
   expected_mse = np.mean((np.asarray(out) - records) ** 2)

@@ -1,0 +1,117 @@
+"""Stage `blackbox`: the black-box ResNets the ECG factors are compared with.
+
+For every target of `config.blackbox.targets` (reduced EF, the 16 labels,
+1-year mortality) and every input of `config.blackbox.inputs` (median beat,
+10-s strip) this trains the Ribeiro-style ResNet of `configs/resnet.py` as an
+ordinary run in `<workdir>/blackbox/<target>_<input>/` (resumable, skipped
+when already trained), on the same simulated population as the VAE (the
+run's `data.seed` and `data.mode`), evaluated on the first
+`downstream.num_test` records of the validation split, the records the factor
+models are tested on. Each run's final eval predictions
+(`eval_predictions.npz`) are what the `downstream` stage compares.
+"""
+
+import os
+from typing import Any
+
+import ml_collections
+
+from factorecg_jax import config_checks
+from factorecg_jax import console
+from factorecg_jax import stages
+from factorecg_jax.stages import encode
+
+FOLDER = 'blackbox'
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def applies(config: ml_collections.ConfigDict) -> bool:
+  return encode.is_vae(config) and 'blackbox' in config and bool(
+      config.blackbox.get('targets'))
+
+
+def run_name(target: str, input_key: str) -> str:
+  return f'{target}_{input_key}'
+
+
+def run_dir(workdir: str, target: str, input_key: str) -> str:
+  return os.path.join(workdir, FOLDER, run_name(target, input_key))
+
+
+def resnet_config(config: ml_collections.ConfigDict, target: str,
+                  input_key: str) -> ml_collections.ConfigDict:
+  """The ResNet config of one comparison run, on the VAE run's population.
+
+  Args:
+    config: the experiment (VAE) config with `blackbox` and `downstream`.
+    target: 'reduced_ef', 'labels' or 'mortality'.
+    input_key: 'beat' or 'strip'.
+  """
+  bb = config.blackbox
+  path = bb.get('config', 'configs/resnet.py')
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(_ROOT, path)
+  arg = ':'.join([target] + (['strip'] if input_key == 'strip' else [])
+                 + (['age_sex'] if target == 'mortality' and bb.get(
+                     'mortality_age_sex', True) else [])
+                 + list(bb.get('variant', ()) or ()))
+  out = config_checks.load_config(f'{path}:{arg}')
+  out.seed = config.seed
+  out.data.update(source=config.data.source, mode=config.data.mode,
+                  seed=config.data.get('seed', 0))
+  # Evaluated on the records the factor models are tested on.
+  out.data.eval_split = 'validation'
+  out.data.num_eval = int(config.downstream.num_test)
+  # Sizes for this comparison (0 keeps the ResNet config's own).
+  if bb.get('num_train'):
+    out.data.num_train = int(bb.num_train)
+  if bb.get('num_steps'):
+    out.train.num_steps = int(bb.num_steps)
+    out.train.eval_every = min(int(out.train.eval_every), int(bb.num_steps))
+    out.train.checkpoint_every = min(int(out.train.checkpoint_every),
+                                     int(bb.num_steps))
+  return out
+
+
+@stages.register('blackbox', requires=(), order=50, folder=FOLDER,
+                 applies=applies,
+                 description='black-box ResNets on beats and strips')
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or finds trained) every comparison ResNet; returns the summary."""
+  from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
+  from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
+  runs, scalars, files = [], {}, {}
+  targets = tuple(config.blackbox.targets)
+  inputs = tuple(config.blackbox.inputs)
+  for i, target in enumerate(targets):
+    for j, input_key in enumerate(inputs):
+      name = run_name(target, input_key)
+      cfg = resnet_config(config, target, input_key)
+      directory = run_dir(workdir, target, input_key)
+      k = i * len(inputs) + j + 1
+      if stages.training_complete(cfg, directory):
+        console.info(f'  ResNet {name} ({k}/{len(targets) * len(inputs)}): '
+                     'trained, skipped')
+      else:
+        console.info(f'  ResNet {name} ({k}/{len(targets) * len(inputs)})')
+        train.train_and_evaluate(cfg, directory)
+      headline, _ = demo.train_headline(directory)
+      runs.append(dict(name=name, target=target, input=input_key,
+                       task=cfg.task, workdir=os.path.join(FOLDER, name),
+                       **{k: v for k, v in headline.items()}))
+      for key, value in headline.items():
+        if isinstance(value, float):
+          scalars[f'{name}/{key}'] = value
+      files[name] = os.path.join(directory, train.PREDICTIONS_FILE)
+  return stages.summary(
+      scalars=scalars,
+      headline={f'ResNet {r["name"]}': _headline_metric(r) for r in runs},
+      tables=dict(runs=runs), files=files)
+
+
+def _headline_metric(row: dict[str, Any]) -> str:
+  for key in ('eval macro AUROC', 'eval AUROC', 'eval C-index'):
+    if key in row:
+      return f'{key[5:]} {row[key]:.3f}'
+  return f"loss {row.get('eval loss', float('nan')):.4g}"

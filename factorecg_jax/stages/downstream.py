@@ -1,0 +1,351 @@
+"""Stage `downstream`: interpretable models on the ECG factors vs the black box.
+
+FactorECG's claim (van de Leur et al. 2022): simple models on ~21 factors
+match black-box networks while each prediction is explained by the factors.
+On the same splits this fits and compares, per task (the 16 labels, reduced
+EF, 1-year mortality):
+
+* factor models on the VAE's active factors (posterior means of held-out
+  records; + age and sex for mortality, as the paper): logistic regression
+  (statsmodels; odds ratios per SD with 95 % CIs), gradient-boosted trees
+  (XGBoost with SHAP from `pred_contribs`) and a Cox model (lifelines;
+  hazard ratios, C-index, proportional-hazards test, IPCW 1-year AUROC,
+  Kaplan-Meier by risk quartile, calibration);
+* the black-box ResNets of the `blackbox` stage (beats and strips), scored
+  on their saved predictions for the same test records;
+* an oracle: the same factor models on the simulator's true factors.
+
+Every AUROC and C-index has a bootstrap 95 % CI (`downstream.num_resamples`,
+2,000 as the paper). Writes `<workdir>/downstream/`: comparison.json/.md/.png,
+one JSON per fit, Kaplan-Meier and calibration figures, and the explanation
+(top factors per task with their traversal figures and direction of risk;
+one record's counterfactual ECG with its top factor moved to the population
+mean, decoded, with the new predicted risk).
+"""
+
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from scipy import special
+
+from factorecg_jax import console
+from factorecg_jax import stages
+from factorecg_jax.analysis import disentanglement_report
+from factorecg_jax.analysis import downstream as models_lib
+from factorecg_jax.analysis import factors as factors_lib
+from factorecg_jax.analysis import statistics
+from factorecg_jax.data import input_pipeline
+from factorecg_jax.data import simulator
+from factorecg_jax.stages import _common
+from factorecg_jax.stages import blackbox
+from factorecg_jax.stages import encode
+from factorecg_jax.viz import ecg_plot
+
+FOLDER = 'downstream'
+_FIELDS = ('factors', 'labels', 'reduced_ef', 'time', 'event', 'age', 'sex')
+TASK_LABELS = {'labels': '16 labels', 'reduced_ef': 'reduced EF',
+               'mortality': '1-year mortality'}
+
+
+def applies(config: ml_collections.ConfigDict) -> bool:
+  return encode.is_vae(config) and 'downstream' in config
+
+
+def _records(config: ml_collections.ConfigDict, split: str, n: int
+             ) -> dict[str, np.ndarray]:
+  """The first n records of a split with the outcome fields (mV beats)."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.update(eval_split=split, prefetch=0, normalization='none',
+              num_eval=int(n))
+  if split == 'train':
+    data.num_train = max(int(data.num_train), int(n))
+  data.extra_keys = _FIELDS
+  _, _, info = input_pipeline.get_datasets(
+      data, global_batch_size=_common.batch_size(config), seed=config.seed)
+  source = info['eval_source']
+  n = min(int(n), len(source))
+  out = source.get_batch(np.arange(n))
+  out['ecg'] = out[info['input_key']]
+  out['index'] = np.arange(n)  # record index in the split
+  return out
+
+
+def _features(mu: np.ndarray, dims: np.ndarray, rec: dict[str, Any],
+              with_covariates: bool) -> tuple[np.ndarray, list[str]]:
+  x = [mu[:, dims]]
+  names = [f'factor {d}' for d in dims]
+  if with_covariates:
+    x += [rec['age'][:, None], rec['sex'][:, None]]
+    names += ['age', 'sex']
+  return np.concatenate(x, axis=1).astype(np.float64), names
+
+
+def _save_json(folder: str, name: str, value: Any) -> str:
+  path = os.path.join(folder, f'{name}.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=1, default=lambda o: np.asarray(o).tolist())
+  return path
+
+
+def _blackbox_rows(config, workdir, test, train_rec, num_resamples, seed):
+  """Comparison rows of the black-box runs, on their saved predictions."""
+  rows = []
+  if not blackbox.applies(config):
+    return rows
+  index_of = {int(i): k for k, i in enumerate(test['index'])}
+  for target in config.blackbox.targets:
+    for input_key in config.blackbox.inputs:
+      path = os.path.join(blackbox.run_dir(workdir, target, input_key),
+                          'eval_predictions.npz')
+      if not os.path.exists(path):
+        console.info(f'  no predictions at {path}: black-box row skipped')
+        continue
+      pred = np.load(path)
+      order = np.array([index_of[int(i)] for i in pred['index']
+                        if int(i) in index_of])
+      keep = np.array([int(i) in index_of for i in pred['index']])
+      out = _prediction(pred)[keep]
+      model = f'ResNet ({input_key})'
+      if target == 'labels':
+        ci = statistics.bootstrap_macro_auroc(
+            test['labels'][order], out, num_resamples=num_resamples,
+            seed=seed)
+        rows.append(_row(model, TASK_LABELS[target], 'macro AUROC', ci,
+                         len(order)))
+      elif target == 'reduced_ef':
+        ci = statistics.bootstrap_auroc(
+            test['reduced_ef'][order], out.reshape(-1),
+            num_resamples=num_resamples, seed=seed)
+        rows.append(_row(model, TASK_LABELS[target], 'AUROC', ci,
+                         len(order)))
+      else:
+        risk = out.reshape(-1)
+        ci = statistics.bootstrap_concordance(
+            test['time'][order], risk, test['event'][order],
+            num_resamples=num_resamples, seed=seed)
+        rows.append(_row(model, TASK_LABELS[target], 'C-index', ci,
+                         len(order)))
+        ci = statistics.bootstrap_time_dependent_auroc(
+            train_rec['time'], train_rec['event'], test['time'][order],
+            test['event'][order], risk, horizon=float(
+                config.downstream.horizon), num_resamples=num_resamples,
+            seed=seed)
+        rows.append(_row(model, TASK_LABELS[target], 'AUROC at 1 y', ci,
+                         len(order)))
+  return rows
+
+
+def _prediction(pred) -> np.ndarray:
+  for key in ('logits', 'risk', 'prediction', 'outputs'):
+    if key in pred:
+      return np.asarray(pred[key], np.float64)
+  raise KeyError(f'No prediction array among {sorted(pred.keys())}.')
+
+
+def _row(model, task, metric, ci, n):
+  return dict(model=model, task=task, metric=metric, value=ci.get('value'),
+              low=ci.get('low'), high=ci.get('high'), n=n)
+
+
+@stages.register('downstream', requires=(stages.TRAIN, 'blackbox'), order=60,
+                 folder=FOLDER, applies=applies,
+                 description='factor models vs black box vs oracle')
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Fits, compares and explains; returns the stage summary."""
+  _common.check_single_process('downstream')
+  ds = config.downstream
+  folder = os.path.join(workdir, FOLDER)
+  os.makedirs(folder, exist_ok=True)
+  seed = int(config.seed)
+  num_resamples = int(ds.num_resamples)
+  horizon = float(ds.horizon)
+
+  # The trained VAE encodes both splits (inputs normalised as in training).
+  model, params, _ = _common.restore(config, workdir)
+  normalizer = _common.training_normalizer(config, workdir)
+  mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
+  encode_fn = disentanglement_report.make_encode_fn(
+      model.apply, {'params': params}, batch_size=_common.batch_size(config),
+      preprocess=None if normalizer.kind == 'none'
+      else lambda x: (x - mean) / std)
+  console.info(f'  encoding {ds.num_train} train + {ds.num_test} test '
+               'records')
+  train_rec = _records(config, 'train', ds.num_train)
+  test = _records(config, 'validation', ds.num_test)
+  mu_train, sd_train = encode_fn(train_rec['ecg'])
+  mu_test, _ = encode_fn(test['ecg'])
+  kl = factors_lib.kl_per_dim(mu_train, sd_train)
+  dims = factors_lib.active_factors(kl, float(config.analysis.kl_threshold))
+  if not len(dims):
+    dims = np.arange(mu_train.shape[1])
+
+  label_names = list(simulator.LABEL_NAMES)
+  true_names = list(simulator.FACTOR_NAMES)
+  feature_sets = {
+      'factors': lambda rec, mu, cov: _features(mu, dims, rec, cov),
+      'oracle': lambda rec, mu, cov: (
+          np.concatenate([rec['factors']] + ([rec['age'][:, None],
+                                              rec['sex'][:, None]]
+                                             if cov else []), axis=1),
+          true_names + (['age', 'sex'] if cov else [])),
+  }
+  model_label = {'factors': 'factors', 'oracle': 'oracle (true factors)'}
+  rows, fits, figures = [], {}, {}
+  kw = dict(num_resamples=num_resamples, seed=seed)
+  steps = [(s, t) for s in feature_sets for t in ('labels', 'reduced_ef',
+                                                  'mortality')]
+  progress = console.Progress(len(steps), '  factor models', unit='fits')
+  for kind, task in steps:
+    use_cov = task == 'mortality' and bool(ds.get('age_sex', True))
+    x_tr, names = feature_sets[kind](train_rec, mu_train, use_cov)
+    x_te, _ = feature_sets[kind](test, mu_test, use_cov)
+    who = model_label[kind]
+    if task == 'labels':
+      fit = models_lib.fit_logistic_multilabel(
+          x_tr, train_rec['labels'], x_te, test['labels'], names=names,
+          label_names=label_names, **kw)
+      fits[f'{kind}_labels_logistic'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: logistic', task=TASK_LABELS[task]))
+    elif task == 'reduced_ef':
+      fit = models_lib.fit_logistic(
+          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
+          names=names, **kw)
+      fits[f'{kind}_reduced_ef_logistic'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: logistic', task=TASK_LABELS[task]))
+      fit = models_lib.fit_xgboost(
+          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
+          names=names, **kw)
+      fits[f'{kind}_reduced_ef_xgboost'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: XGBoost', task=TASK_LABELS[task]))
+    else:
+      fit = models_lib.fit_cox(
+          x_tr, train_rec['time'], train_rec['event'], x_te, test['time'],
+          test['event'], names=names, horizon=horizon, **kw)
+      fits[f'{kind}_mortality_cox'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: Cox', task=TASK_LABELS[task]))
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: Cox', task=TASK_LABELS[task],
+          metric='auroc_at_horizon'))
+      if kind == 'factors' and fit.get('status') not in ('skipped',
+                                                         'failed'):
+        figures['km_by_quartile'] = models_lib.plot_km_by_quartile(
+            fit, os.path.join(folder, 'km_by_quartile.png'))
+        figures['calibration'] = models_lib.plot_calibration(
+            fit, os.path.join(folder, 'calibration.png'))
+    progress.update(1)
+  progress.close()
+  rows += _blackbox_rows(config, workdir, test, train_rec, num_resamples,
+                         seed)
+
+  markdown, table = models_lib.comparison_table(rows)
+  files = {name: _save_json(folder, name, fit) for name, fit in fits.items()}
+  files['comparison_json'] = _save_json(folder, 'comparison', table)
+  files['markdown'] = os.path.join(folder, 'comparison.md')
+  explanation = _explain(config, workdir, folder, fits, dims, mu_test, test,
+                         model, params, normalizer, figures)
+  with open(files['markdown'], 'w', encoding='utf-8') as f:
+    f.write('# Factor models vs black box vs oracle\n\n' + markdown
+            + '\n' + explanation['markdown'])
+  figures['comparison'] = models_lib.plot_comparison(
+      rows, os.path.join(folder, 'comparison.png'),
+      title='Test split, 95 % bootstrap CIs')
+  headline = {f'{r["task"]}, {r["model"]} ({r["metric"]})':
+              _fmt_ci(r) for r in table}
+  scalars = {f'{r["task"]}/{r["model"]}/{r["metric"]}': r['value']
+             for r in table}
+  return stages.summary(
+      scalars=scalars, headline=headline, tables=dict(
+          comparison=table, top_factors=explanation['top']),
+      figures=figures, files=files,
+      details=dict(active_factors=dims.tolist(), num_train=len(mu_train),
+                   num_test=len(mu_test), num_resamples=num_resamples,
+                   counterfactual=explanation['counterfactual']))
+
+
+def _fmt_ci(row: dict[str, Any]) -> str:
+  value, low, high = row['value'], row['low'], row['high']
+  if value is None:
+    return 'n/a'
+  if low is None or high is None:
+    return f'{value:.3f}'
+  return f'{value:.3f} ({low:.3f}-{high:.3f})'
+
+
+def _explain(config, workdir, folder, fits, dims, mu_test, test, model,
+             params, normalizer, figures) -> dict[str, Any]:
+  """Top factors per task, and one record's counterfactual ECG."""
+  k = int(config.downstream.get('top_k', 3))
+  top, lines = [], ['## Explanation: top factors per task', '']
+  traversal_dir = os.path.join(workdir, _common.TRAVERSALS_DIR)
+  for name in ('factors_reduced_ef_logistic', 'factors_reduced_ef_xgboost',
+               'factors_mortality_cox'):
+    fit = fits.get(name)
+    if not fit:
+      continue
+    for row in models_lib.top_factors(fit, k):
+      entry = dict(fit=name, **row)
+      if row['name'].startswith('factor '):
+        d = int(row['name'].split()[1])
+        path = os.path.join(traversal_dir, f'factor_{d:02d}.png')
+        entry['traversal'] = (os.path.relpath(path, workdir)
+                              if os.path.exists(path) else None)
+      top.append(entry)
+      ratio = row.get('ratio')
+      lines.append(f'- {name}: {row["name"]} ({row["direction"]}'
+                   + (f', ratio per SD {ratio:.2f}' if ratio else '') + ')')
+  lines.append('')
+
+  # Counterfactual: the test record with the highest predicted reduced-EF
+  # risk, its top factor moved to the population mean.
+  counterfactual = {}
+  fit = fits.get('factors_reduced_ef_logistic')
+  if fit and fit.get('status') not in ('skipped', 'failed') and len(dims):
+    coef = {c['name']: c['coef'] for c in fit['coefficients']}
+    names = fit['names']
+    mean = np.asarray(fit['train_mean'])
+    sd = np.asarray(fit['train_sd'])
+    x = mu_test[:, dims].astype(np.float64)
+
+    def risk(rows):
+      z = (rows - mean) / np.where(sd > 0, sd, 1.0)
+      w = np.array([coef.get(n, 0.0) for n in names])
+      return special.expit(fit['intercept'] + z @ w)
+
+    scores = risk(x)
+    i = int(np.argmax(scores))
+    best = models_lib.top_factors(fit, 1)
+    if best:
+      j = names.index(best[0]['name'])
+      moved = x[i].copy()
+      moved[j] = mean[j]
+      z_new = mu_test[i].copy()
+      z_new[dims[j]] = mean[j]
+      decode = _common.denormalizing_decode_fn(model, params, normalizer)
+      beats = np.asarray(decode(np.stack([mu_test[i], z_new]).astype(
+          np.float32)))
+      new_risk = float(risk(moved[None])[0])
+      fig = ecg_plot.plot_ecg(
+          beats, labels=[f'record {int(test["index"][i])}: risk '
+                         f'{scores[i]:.2f}', f'{best[0]["name"]} at the '
+                         f'population mean: risk {new_risk:.2f}'],
+          title='Counterfactual ECG (reduced EF, logistic on factors)')
+      figures['counterfactual'] = str(ecg_plot.save_figure(
+          fig, os.path.join(folder, 'counterfactual.png'), dpi=100))
+      counterfactual = dict(record_index=int(test['index'][i]),
+                            factor=best[0]['name'], risk=float(scores[i]),
+                            new_risk=new_risk)
+      lines += ['## Counterfactual', '',
+                f'Record {counterfactual["record_index"]}: predicted risk '
+                f'of reduced EF {scores[i]:.2f}; with {best[0]["name"]} at '
+                f'the population mean {new_risk:.2f} (counterfactual.png).',
+                '']
+  return dict(top=top, counterfactual=counterfactual,
+              markdown='\n'.join(lines))
