@@ -95,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       horizon=1.0,  # years: 1-year mortality
       age_sex=True,  # mortality models on factors + age + sex (the paper)
       top_k=3,  # factors explained per task
+      # External validation: the fitted models applied unchanged to the test
+      # split of another factor sampler ('' to skip).
+      external_mode='realistic',
   ))
   # The black-box ResNets (--mode=blackbox), one run per target and input
   # under <workdir>/blackbox/ (configs/resnet.py; 0 keeps its own sizes).

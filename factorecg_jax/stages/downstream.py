@@ -13,7 +13,11 @@ EF, 1-year mortality):
   Kaplan-Meier by risk quartile, calibration);
 * the black-box ResNets of the `blackbox` stage (beats and strips), scored
   on their saved predictions for the same test records;
-* an oracle: the same factor models on the simulator's true factors.
+* an oracle: the same factor models on the simulator's true factors;
+* external validation, as in the paper: the fitted models applied unchanged
+  to the test split of a differently drawn population
+  (`downstream.external_mode`, e.g. the realistic sampler for a run trained
+  on the uniform one), the ResNets restored and predicting it.
 
 Every AUROC and C-index has a bootstrap 95 % CI (`downstream.num_resamples`,
 2,000 as the paper). Writes `<workdir>/downstream/`: comparison.json/.md/.png,
@@ -55,17 +59,23 @@ def applies(config: ml_collections.ConfigDict) -> bool:
   return encode.is_vae(config) and 'downstream' in config
 
 
-def _records(config: ml_collections.ConfigDict, split: str, n: int
-             ) -> dict[str, np.ndarray]:
-  """The first n records of a split with the outcome fields (mV beats)."""
+def _records(config: ml_collections.ConfigDict, split: str, n: int,
+             mode: str | None = None) -> dict[str, np.ndarray]:
+  """The first n records of a split with the outcome fields (mV inputs).
+
+  `mode` draws them from another factor sampler of the simulator (external
+  validation: a differently drawn population).
+  """
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.update(eval_split=split, prefetch=0, normalization='none',
               num_eval=int(n))
+  if mode:
+    data.mode = mode
   if split == 'train':
     data.num_train = max(int(data.num_train), int(n))
   data.extra_keys = _FIELDS
   _, _, info = input_pipeline.get_datasets(
-      data, global_batch_size=_common.batch_size(config), seed=config.seed)
+      data, global_batch_size=int(config.train.batch_size), seed=config.seed)
   source = info['eval_source']
   n = min(int(n), len(source))
   out = source.get_batch(np.arange(n))
@@ -91,25 +101,75 @@ def _save_json(folder: str, name: str, value: Any) -> str:
   return path
 
 
-def _blackbox_rows(config, workdir, test, train_rec, num_resamples, seed):
-  """Comparison rows of the black-box runs, on their saved predictions."""
+def _saved_predictions(workdir, target, input_key, test):
+  """(record positions in `test`, outputs) from a run's eval predictions."""
+  path = os.path.join(blackbox.run_dir(workdir, target, input_key),
+                      'eval_predictions.npz')
+  if not os.path.exists(path):
+    console.info(f'  no predictions at {path}: black-box row skipped')
+    return None
+  pred = np.load(path)
+  index_of = {int(i): k for k, i in enumerate(test['index'])}
+  keep = np.array([int(i) in index_of for i in pred['index']])
+  order = np.array([index_of[int(i)] for i in pred['index'][keep]])
+  return order, _prediction(pred)[keep]
+
+
+def _external_predictions(config, workdir, target, input_key, split, n,
+                          mode):
+  """(positions, outputs) of a trained ResNet on external records."""
+  # pylint: disable-next=g-import-not-at-top
+  from factorecg_jax.training import losses
+  # pylint: disable-next=g-import-not-at-top
+  from factorecg_jax.training import restore as restore_lib
+  import jax  # pylint: disable=g-import-not-at-top
+  restored = restore_lib.restore(blackbox.run_dir(workdir, target, input_key))
+  cfg = restored.config
+  rec = _records(cfg, split, n, mode=mode)
+  extra_keys = tuple(cfg.loss.get('extra_keys', ()) or ())
+  model = restored.model
+
+  @jax.jit
+  def predict(variables, x, extra):
+    return model.apply(variables, x, extra, train=False)[0]
+
+  outs, size = [], 64
+  x_all = restored.normalizer(rec['ecg'])
+  for start in range(0, len(x_all), size):
+    part = {'ecg': x_all[start:start + size]}
+    for key in extra_keys:
+      part[key] = rec[key][start:start + size]
+    pad = size - len(part['ecg'])
+    part = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
+            for k, v in part.items()}
+    x, extra = losses.model_inputs(part, extra_keys=extra_keys)
+    outs.append(np.asarray(predict(restored.variables, x, extra))[
+        :size - pad])
+  return np.arange(len(x_all)), np.concatenate(outs).astype(np.float64)
+
+
+def _blackbox_rows(config, workdir, test, train_rec, num_resamples, seed,
+                   *, external_mode=None, suffix=''):
+  """Comparison rows of the black-box runs on `test`.
+
+  Internal test records: the runs' saved eval predictions. External ones
+  (`external_mode`): the restored ResNets predict them.
+  """
   rows = []
   if not blackbox.applies(config):
     return rows
-  index_of = {int(i): k for k, i in enumerate(test['index'])}
   for target in config.blackbox.targets:
     for input_key in config.blackbox.inputs:
-      path = os.path.join(blackbox.run_dir(workdir, target, input_key),
-                          'eval_predictions.npz')
-      if not os.path.exists(path):
-        console.info(f'  no predictions at {path}: black-box row skipped')
+      if external_mode:
+        found = _external_predictions(
+            config, workdir, target, input_key, 'test', len(test['index']),
+            external_mode)
+      else:
+        found = _saved_predictions(workdir, target, input_key, test)
+      if found is None:
         continue
-      pred = np.load(path)
-      order = np.array([index_of[int(i)] for i in pred['index']
-                        if int(i) in index_of])
-      keep = np.array([int(i) in index_of for i in pred['index']])
-      out = _prediction(pred)[keep]
-      model = f'ResNet ({input_key})'
+      order, out = found
+      model = f'ResNet ({input_key}){suffix}'
       if target == 'labels':
         ci = statistics.bootstrap_macro_auroc(
             test['labels'][order], out, num_resamples=num_resamples,
@@ -149,6 +209,63 @@ def _prediction(pred) -> np.ndarray:
 def _row(model, task, metric, ci, n):
   return dict(model=model, task=task, metric=metric, value=ci.get('value'),
               low=ci.get('low'), high=ci.get('high'), n=n)
+
+
+def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
+                       ds, train_rec, mu_train, feature_sets, model_label,
+                       label_names, horizon, kw):
+  """Fits every factor/oracle model on the training records; scores `test`.
+
+  Appends comparison rows (model names end with `suffix`), stores the fit
+  results in `fits` and the Kaplan-Meier/calibration figures in `figures`.
+  """
+  steps = [(s, t) for s in feature_sets for t in ('labels', 'reduced_ef',
+                                                  'mortality')]
+  progress = console.Progress(len(steps), '  factor models' + suffix,
+                              unit='fits')
+  for kind, task in steps:
+    use_cov = task == 'mortality' and bool(ds.get('age_sex', True))
+    x_tr, names = feature_sets[kind](train_rec, mu_train, use_cov)
+    x_te, _ = feature_sets[kind](test, mu_test, use_cov)
+    who = model_label[kind]
+    if task == 'labels':
+      fit = models_lib.fit_logistic_multilabel(
+          x_tr, train_rec['labels'], x_te, test['labels'], names=names,
+          label_names=label_names, **kw)
+      fits[f'{kind}_labels_logistic'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: logistic{suffix}', task=TASK_LABELS[task]))
+    elif task == 'reduced_ef':
+      fit = models_lib.fit_logistic(
+          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
+          names=names, **kw)
+      fits[f'{kind}_reduced_ef_logistic'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: logistic{suffix}', task=TASK_LABELS[task]))
+      fit = models_lib.fit_xgboost(
+          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
+          names=names, **kw)
+      fits[f'{kind}_reduced_ef_xgboost'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: XGBoost{suffix}', task=TASK_LABELS[task]))
+    else:
+      fit = models_lib.fit_cox(
+          x_tr, train_rec['time'], train_rec['event'], x_te, test['time'],
+          test['event'], names=names, horizon=horizon, **kw)
+      fits[f'{kind}_mortality_cox'] = fit
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: Cox{suffix}', task=TASK_LABELS[task]))
+      rows.append(models_lib.comparison_row(
+          fit, model=f'{who}: Cox{suffix}', task=TASK_LABELS[task],
+          metric='auroc_at_horizon'))
+      usable = fit.get('status') not in ('skipped', 'failed')
+      if kind == 'factors' and not suffix and usable:
+        figures['km_by_quartile'] = models_lib.plot_km_by_quartile(
+            fit, os.path.join(folder, 'km_by_quartile.png'))
+        figures['calibration'] = models_lib.plot_calibration(
+            fit, os.path.join(folder, 'calibration.png'))
+    progress.update(1)
+  progress.close()
 
 
 @stages.register('downstream', requires=(stages.TRAIN, 'blackbox'), order=60,
@@ -196,55 +313,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model_label = {'factors': 'factors', 'oracle': 'oracle (true factors)'}
   rows, fits, figures = [], {}, {}
   kw = dict(num_resamples=num_resamples, seed=seed)
-  steps = [(s, t) for s in feature_sets for t in ('labels', 'reduced_ef',
-                                                  'mortality')]
-  progress = console.Progress(len(steps), '  factor models', unit='fits')
-  for kind, task in steps:
-    use_cov = task == 'mortality' and bool(ds.get('age_sex', True))
-    x_tr, names = feature_sets[kind](train_rec, mu_train, use_cov)
-    x_te, _ = feature_sets[kind](test, mu_test, use_cov)
-    who = model_label[kind]
-    if task == 'labels':
-      fit = models_lib.fit_logistic_multilabel(
-          x_tr, train_rec['labels'], x_te, test['labels'], names=names,
-          label_names=label_names, **kw)
-      fits[f'{kind}_labels_logistic'] = fit
-      rows.append(models_lib.comparison_row(
-          fit, model=f'{who}: logistic', task=TASK_LABELS[task]))
-    elif task == 'reduced_ef':
-      fit = models_lib.fit_logistic(
-          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
-          names=names, **kw)
-      fits[f'{kind}_reduced_ef_logistic'] = fit
-      rows.append(models_lib.comparison_row(
-          fit, model=f'{who}: logistic', task=TASK_LABELS[task]))
-      fit = models_lib.fit_xgboost(
-          x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
-          names=names, **kw)
-      fits[f'{kind}_reduced_ef_xgboost'] = fit
-      rows.append(models_lib.comparison_row(
-          fit, model=f'{who}: XGBoost', task=TASK_LABELS[task]))
-    else:
-      fit = models_lib.fit_cox(
-          x_tr, train_rec['time'], train_rec['event'], x_te, test['time'],
-          test['event'], names=names, horizon=horizon, **kw)
-      fits[f'{kind}_mortality_cox'] = fit
-      rows.append(models_lib.comparison_row(
-          fit, model=f'{who}: Cox', task=TASK_LABELS[task]))
-      rows.append(models_lib.comparison_row(
-          fit, model=f'{who}: Cox', task=TASK_LABELS[task],
-          metric='auroc_at_horizon'))
-      if kind == 'factors' and fit.get('status') not in ('skipped',
-                                                         'failed'):
-        figures['km_by_quartile'] = models_lib.plot_km_by_quartile(
-            fit, os.path.join(folder, 'km_by_quartile.png'))
-        figures['calibration'] = models_lib.plot_calibration(
-            fit, os.path.join(folder, 'calibration.png'))
-    progress.update(1)
-  progress.close()
+  fit_all = dict(ds=ds, train_rec=train_rec, mu_train=mu_train,
+                 feature_sets=feature_sets, model_label=model_label,
+                 label_names=label_names, horizon=horizon, kw=kw)
+  _fit_factor_models(test, mu_test, '', fits, rows, figures, folder,
+                     **fit_all)
   rows += _blackbox_rows(config, workdir, test, train_rec, num_resamples,
                          seed)
+  external = ds.get('external_mode', '')
+  if external:
+    # External validation as in the paper: the models fitted above, applied
+    # unchanged to a differently drawn population (another factor sampler).
+    console.info(f'  external validation on {ds.num_test} records of the '
+                 f'{external!r} population')
+    ext = _records(config, 'test', ds.num_test, mode=external)
+    mu_ext, _ = encode_fn(ext['ecg'])
+    suffix = f' · external ({external})'
+    _fit_factor_models(ext, mu_ext, suffix, {}, rows, {}, folder, **fit_all)
+    rows += _blackbox_rows(config, workdir, ext, train_rec, num_resamples,
+                           seed, external_mode=external, suffix=suffix)
 
+  markdown, table = models_lib.comparison_table(rows)
   markdown, table = models_lib.comparison_table(rows)
   files = {name: _save_json(folder, name, fit) for name, fit in fits.items()}
   files['comparison_json'] = _save_json(folder, 'comparison', table)

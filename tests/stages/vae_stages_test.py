@@ -189,10 +189,16 @@ def test_blackbox_and_downstream_comparison(run):
     assert ('1-year mortality', f'{who}: Cox', 'AUROC at 1 y') in keys
   assert ('reduced EF', 'ResNet (beat)', 'AUROC') in keys
   assert ('1-year mortality', 'ResNet (beat)', 'C-index') in keys
-  assert len(rows) == 13
+  # 13 internal rows, and the same 13 on the external population.
+  assert len(rows) == 26
+  external = [r for r in rows if r['model'].endswith('external (realistic)')]
+  assert len(external) == 13
+  assert ('reduced EF', 'ResNet (beat) · external (realistic)',
+          'AUROC') in keys
   for r in rows:
     assert r['n'] == config.downstream.num_test
-    assert 0.0 <= r['low'] <= r['value'] <= r['high'] <= 1.0, r
+    assert 0.0 <= r['low'] <= r['high'] <= 1.0, r
+    assert 0.0 <= r['value'] <= 1.0, r
   # The true factors carry the labels: the oracle's macro AUROC is high.
   oracle = next(r for r in rows if r['model'].startswith('oracle')
                 and r['task'] == '16 labels')

@@ -22,6 +22,11 @@ from factorecg_jax.training import survival_loss
 # XLA optimisation passes off for this module (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
+# Jitted once per shape: op-by-op execution compiles every primitive
+# separately and made this module ~40 s.
+_LL = jax.jit(survival_loss.cox_partial_log_likelihood)
+_LOSS = jax.jit(survival_loss.cox_loss)
+
 
 def _tied_data(n=60, seed=0):
   """Covariates [n, 3], times rounded to 0.1 yr (many ties), events, beta."""
@@ -65,12 +70,12 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     a, b, c = 0.3, -1.2, 0.8
     risk = jnp.array([a, b, c])
     # Two events tied at t = 1 share one risk set holding all three rows.
-    got = survival_loss.cox_partial_log_likelihood(
+    got = _LL(
         risk, jnp.array([1.0, 1.0, 2.0]), jnp.array([1, 1, 0]))
     want = a + b - 2 * math.log(math.exp(a) + math.exp(b) + math.exp(c))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # A row censored at the event time is at risk (Breslow, t_j >= t_i).
-    got = survival_loss.cox_partial_log_likelihood(
+    got = _LL(
         risk, jnp.array([1.0, 1.0, 0.5]), jnp.array([1, 0, 0]))
     np.testing.assert_allclose(
         got, a - math.log(math.exp(a) + math.exp(b)), rtol=1e-6)
@@ -80,7 +85,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     x, time, event, beta = _tied_data(seed=seed)
     risk = x @ beta
     with jax.enable_x64(True):
-      got = survival_loss.cox_partial_log_likelihood(risk, time, event)
+      got = _LL(risk, time, event)
       self.assertEqual(got.dtype, jnp.float64)
     np.testing.assert_allclose(
         got, _breslow_loop(risk, time, event), rtol=1e-12)
@@ -93,7 +98,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
                                alpha=np.zeros(3), ties='breslow')
     want = -opt.nlog_likelihood(beta) * len(time)
     with jax.enable_x64(True):
-      got = survival_loss.cox_partial_log_likelihood(x @ beta, time, event)
+      got = _LL(x @ beta, time, event)
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
   def test_equals_lifelines_without_ties(self):
@@ -109,13 +114,13 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     cph = lifelines.CoxPHFitter(penalizer=0.0).fit(df, 'T', 'E')
     params = cph.params_[['a', 'b', 'c']].to_numpy()
     with jax.enable_x64(True):
-      got = survival_loss.cox_partial_log_likelihood(x @ params, time, event)
+      got = _LL(x @ params, time, event)
     np.testing.assert_allclose(got, cph.log_likelihood_, rtol=1e-6)
 
   def test_float32_close_to_float64_reference(self):
     x, time, event, beta = _tied_data(n=500, seed=5)
     risk = x @ beta
-    got = survival_loss.cox_partial_log_likelihood(
+    got = _LL(
         jnp.asarray(risk, jnp.float32), time, event)
     self.assertEqual(got.dtype, jnp.float32)
     np.testing.assert_allclose(
@@ -124,7 +129,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
   def test_gradient_matches_finite_differences(self):
     x, time, event, beta = _tied_data(n=30, seed=6)
     with jax.enable_x64(True):
-      fn = lambda r: survival_loss.cox_partial_log_likelihood(  # noqa: E731
+      fn = lambda r: _LL(  # noqa: E731
           r, time, event)
       risk = jnp.asarray(x @ beta)
       jtu.check_grads(fn, (risk,), order=1, modes=['rev'], eps=1e-6)
@@ -150,7 +155,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     time_p[-3:] = 100.0
     event_p = np.concatenate([event, np.ones(pad)])
     mask = np.concatenate([np.ones(len(risk)), np.zeros(pad)])
-    fn = survival_loss.cox_partial_log_likelihood
+    fn = _LL
     want = fn(jnp.asarray(risk, jnp.float32), time, event)
     got = fn(jnp.asarray(risk_p, jnp.float32), time_p, event_p, mask)
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -160,8 +165,8 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     np.testing.assert_allclose(grad[:-pad], want_grad, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(grad[-pad:], 0.0)
     np.testing.assert_allclose(
-        survival_loss.cox_loss(risk_p, time_p, event_p, mask),
-        survival_loss.cox_loss(risk, time, event), rtol=1e-6)
+        _LOSS(risk_p, time_p, event_p, mask),
+        _LOSS(risk, time, event), rtol=1e-6)
 
   def test_integer_weights_equal_duplicated_rows(self):
     x, time, event, beta = _tied_data(n=25, seed=8)
@@ -169,9 +174,9 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     counts = np.random.default_rng(8).integers(0, 4, size=len(risk))
     rep = np.repeat(np.arange(len(risk)), counts)
     with jax.enable_x64(True):
-      got = survival_loss.cox_partial_log_likelihood(
+      got = _LL(
           risk, time, event, counts.astype(float))
-      want = survival_loss.cox_partial_log_likelihood(
+      want = _LL(
           risk[rep], time[rep], event[rep])
     np.testing.assert_allclose(got, want, rtol=1e-12)
     np.testing.assert_allclose(
@@ -194,8 +199,8 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     risk = jnp.asarray(x @ beta, jnp.float32)
     mask = np.ones(50)
     mask[:10] = 0.0
-    pll = survival_loss.cox_partial_log_likelihood(risk, time, event, mask)
-    loss = survival_loss.cox_loss(risk, time, event, mask)
+    pll = _LL(risk, time, event, mask)
+    loss = _LOSS(risk, time, event, mask)
     np.testing.assert_allclose(
         loss, -pll / np.sum(event[10:]), rtol=1e-6)
     self.assertGreater(float(loss), 0.0)
@@ -205,7 +210,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     risk = x @ beta
     mask = (np.arange(64) % 7 != 0).astype(float)
     perm = np.random.default_rng(10).permutation(64)
-    fn = survival_loss.cox_partial_log_likelihood
+    fn = _LL
     with jax.enable_x64(True):
       a = fn(risk, time, event, mask)
       b = fn(risk[perm], time[perm], event[perm], mask[perm])
@@ -225,7 +230,7 @@ class CoxPartialLikelihoodTest(parameterized.TestCase):
     loss2, grad2 = jit_loss(*args)
     np.testing.assert_array_equal(loss1, loss2)
     np.testing.assert_array_equal(grad1, grad2)
-    np.testing.assert_allclose(loss1, survival_loss.cox_loss(*args),
+    np.testing.assert_allclose(loss1, _LOSS(*args),
                                rtol=1e-6)
     self.assertTrue(np.all(np.isfinite(grad1)))
 
