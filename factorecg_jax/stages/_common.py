@@ -43,13 +43,7 @@ def check_single_process(mode: str) -> None:
     )
 
 
-def read_run_config(workdir: str) -> dict[str, Any] | None:
-  """The run's `config.json` (written by training), or None if absent."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+read_run_config = stages.read_run_config
 
 
 def _json_normal(value: Any) -> Any:
