@@ -267,11 +267,11 @@ def is_up_to_date(stage: Stage, config: ml_collections.ConfigDict,
 
 
 def _relative(path: str, workdir: str) -> str:
+  """A path (absolute, or relative to the current directory) relative to
+  the workdir when it lies inside it; otherwise unchanged."""
   path = str(path)
-  if os.path.isabs(path):
-    rel = os.path.relpath(path, os.path.abspath(workdir))
-    return path if rel.startswith('..') else rel
-  return path
+  rel = os.path.relpath(os.path.abspath(path), os.path.abspath(workdir))
+  return path if rel.startswith('..') else rel
 
 
 def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str

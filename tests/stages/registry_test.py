@@ -90,6 +90,14 @@ def test_summary_shape_and_relative_paths(toy_stages, tmp_path):
   assert saved['tables'] == {'t': [{'x': 1}]}
   assert set(saved) >= {'fingerprint', 'seconds', 'created', 'files',
                         'details', 'checkpoint_step'}
+  # A workdir given relative to the current directory stores the same.
+  cwd = os.getcwd()
+  try:
+    os.chdir(tmp_path.parent)
+    relative = stages.run_stage('toy_a', _config(), tmp_path.name)
+  finally:
+    os.chdir(cwd)
+  assert relative['figures'] == {'plot': 'toy_a/value.json'}
   with pytest.raises(KeyError, match='toy_a'):
     stages.run_stage('nope', _config(), str(tmp_path))
 
