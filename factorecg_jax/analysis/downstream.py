@@ -44,6 +44,7 @@ from statsmodels.discrete import discrete_model
 from statsmodels.tools import sm_exceptions
 import xgboost as xgb
 
+from factorecg_jax.analysis import ranking
 from factorecg_jax.analysis import statistics
 
 Array = Any
@@ -765,8 +766,8 @@ def top_factors(result: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
   """The k most important features of a fit, with the direction of risk.
 
   Importance is |log OR| or |log HR| (per SD when standardised) for
-  logistic and Cox fits, mean |SHAP| for XGBoost; ties keep the feature
-  order.
+  logistic and Cox fits, mean |SHAP| for XGBoost; near-ties (within
+  `ranking.ATOL`) keep the feature order.
 
   Args:
     result: a result of `fit_logistic`, `fit_cox` or `fit_xgboost`.
@@ -797,7 +798,9 @@ def top_factors(result: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
                        sign=sign, direction=words[sign], coef=row['coef'],
                        ratio=row[ratio], low=row['low'], high=row['high'],
                        p_value=row['p_value']))
-  order = sorted(range(len(rows)), key=lambda i: -rows[i]['importance'])
+  # Near-equal importances tie (ranking.ATOL) and keep the feature order,
+  # whatever rounding did.
+  order = ranking.argsort_descending([r['importance'] for r in rows])
   return [rows[i] for i in order[:k]]
 
 

@@ -643,3 +643,42 @@ def calibration_at(
   return dict(bins=bins, slope=float(slope), intercept=float(intercept),
               predicted_overall=float(pred.mean()),
               observed_overall=km_risk(np.arange(n)))
+
+
+def binary_calibration(labels: Array, probabilities: Array, *,
+                       num_bins: int = 10) -> dict[str, Any]:
+  """Calibration of predicted probabilities of a binary outcome.
+
+  Brier score; expected calibration error over `num_bins` equal-count bins
+  (sum over bins of n_b / n * |mean predicted - observed rate|); and the
+  calibration intercept and slope of a logistic recalibration of the
+  outcome on logit(p) (Cox 1958; perfect calibration: 0 and 1).
+
+  Args:
+    labels: [n] bool outcomes.
+    probabilities: [n] predicted probabilities in [0, 1].
+    num_bins: equal-count bins of the ECE and the bin table.
+
+  Returns:
+    dict: 'brier', 'ece', 'intercept', 'slope' (NaN when only one class),
+    'bins' [(mean predicted, observed rate, n)].
+  """
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  y = np.asarray(labels, bool).reshape(-1)
+  p = np.clip(np.asarray(probabilities, np.float64).reshape(-1), 0.0, 1.0)
+  order = np.argsort(p, kind='stable')
+  bins = []
+  ece = 0.0
+  for part in np.array_split(order, min(num_bins, max(len(p), 1))):
+    if len(part):
+      pred, obs = float(p[part].mean()), float(y[part].mean())
+      bins.append((pred, obs, int(len(part))))
+      ece += len(part) / len(p) * abs(pred - obs)
+  out = dict(brier=float(sk_metrics.brier_score_loss(y, p)), ece=float(ece),
+             intercept=float('nan'), slope=float('nan'), bins=bins)
+  if y.any() and not y.all():
+    eps = 1e-12
+    logit = np.log((p + eps) / (1 - p + eps))[:, None]
+    fit = linear_model.LogisticRegression(C=1e12, max_iter=1000).fit(logit, y)
+    out.update(intercept=float(fit.intercept_[0]), slope=float(fit.coef_[0, 0]))
+  return out

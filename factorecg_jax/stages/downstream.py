@@ -333,6 +333,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows += _blackbox_rows(config, workdir, ext, train_rec, num_resamples,
                            seed, external_mode=external, suffix=suffix)
 
+  per_label = _per_label_table(config, workdir, fits, test, label_names)
   markdown, table = models_lib.comparison_table(rows)
   markdown, table = models_lib.comparison_table(rows)
   files = {name: _save_json(folder, name, fit) for name, fit in fits.items()}
@@ -342,7 +343,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          model, params, normalizer, figures)
   with open(files['markdown'], 'w', encoding='utf-8') as f:
     f.write('# Factor models vs black box vs oracle\n\n' + markdown
-            + '\n' + explanation['markdown'])
+            + '\n' + _per_label_markdown(per_label) + '\n'
+            + explanation['markdown'])
   figures['comparison'] = models_lib.plot_comparison(
       rows, os.path.join(folder, 'comparison.png'),
       title='Test split, 95 % bootstrap CIs')
@@ -352,11 +354,56 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              for r in table}
   return stages.summary(
       scalars=scalars, headline=headline, tables=dict(
-          comparison=table, top_factors=explanation['top']),
+          comparison=table, per_label=per_label,
+          top_factors=explanation['top']),
       figures=figures, files=files,
       details=dict(active_factors=dims.tolist(), num_train=len(mu_train),
                    num_test=len(mu_test), num_resamples=num_resamples,
                    counterfactual=explanation['counterfactual']))
+
+
+def _per_label_table(config, workdir, fits, test, label_names
+                     ) -> list[dict[str, Any]]:
+  """Test AUROC per label: factor and oracle logistic models, ResNets."""
+  columns = {}
+  for kind, who in (('factors', 'factors: logistic'),
+                    ('oracle', 'oracle: logistic')):
+    fit = fits.get(f'{kind}_labels_logistic', {})
+    columns[who] = {
+        label: (res.get('auroc') or {}).get('value')
+        for label, res in fit.get('per_label', {}).items()}
+  if blackbox.applies(config) and 'labels' in config.blackbox.targets:
+    for input_key in config.blackbox.inputs:
+      found = _saved_predictions(workdir, 'labels', input_key, test)
+      if found is None:
+        continue
+      order, out = found
+      columns[f'ResNet ({input_key})'] = {
+          label: statistics.auroc(test['labels'][order, k], out[:, k])
+          for k, label in enumerate(label_names)}
+  rows = []
+  for k, label in enumerate(label_names):
+    row = dict(label=label, prevalence=float(np.mean(test['labels'][:, k])))
+    for who, values in columns.items():
+      value = values.get(label)
+      row[who] = (None if value is None or not np.isfinite(value)
+                  else float(value))
+    rows.append(row)
+  return rows
+
+
+def _per_label_markdown(rows: list[dict[str, Any]]) -> str:
+  if not rows:
+    return ''
+  models = [k for k in rows[0] if k not in ('label', 'prevalence')]
+  lines = ['## AUROC per label (test split)', '',
+           '| label | prevalence | ' + ' | '.join(models) + ' |',
+           '|---|---:|' + '---:|' * len(models)]
+  for row in rows:
+    cells = ['n/a' if row[m] is None else f'{row[m]:.3f}' for m in models]
+    lines.append(f'| {row["label"]} | {100 * row["prevalence"]:.1f} % | '
+                 + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 def _fmt_ci(row: dict[str, Any]) -> str:

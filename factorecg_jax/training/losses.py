@@ -490,7 +490,10 @@ def classify_summarize(
 
   Returns:
     'auroc' (mean over labels with both classes; NaN if none), 'bce',
-    'prevalence' (mean target), and for K > 1 'auroc_dim_00'.. per label.
+    'prevalence' (mean target), calibration of the predicted probabilities
+    ('brier', 'ece', 'calibration_intercept', 'calibration_slope'; means
+    over labels for K > 1; `statistics.binary_calibration`), and for K > 1
+    'auroc_dim_00'.. per label.
   """
   # pylint: disable-next=g-import-not-at-top
   from factorecg_jax.analysis import statistics
@@ -500,6 +503,15 @@ def classify_summarize(
          'prevalence': float(labels.mean())}
   if 'loss' in means:
     out['bce'] = float(means['loss'])
+  # Calibration of the predicted probabilities (mean over labels for K > 1).
+  probs = 1.0 / (1.0 + np.exp(-scores))
+  cal = [statistics.binary_calibration(labels[:, k], probs[:, k])
+         for k in range(labels.shape[1])]
+  for key in ('brier', 'ece', 'intercept', 'slope'):
+    values = np.array([c[key] for c in cal], np.float64)
+    name = 'calibration_' + key if key in ('intercept', 'slope') else key
+    out[name] = (float(np.nanmean(values)) if np.isfinite(values).any()
+                 else float('nan'))
   if labels.shape[1] > 1:
     for k in range(labels.shape[1]):
       out[f'auroc_dim_{k:02d}'] = statistics.auroc(labels[:, k], scores[:, k])

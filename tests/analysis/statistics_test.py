@@ -328,3 +328,29 @@ class CalibrationTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class BinaryCalibrationTest(absltest.TestCase):
+
+  def test_calibrated_and_miscalibrated_predictions(self):
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.98, size=20_000)
+    y = rng.uniform(size=p.size) < p  # p is the true probability
+    good = statistics.binary_calibration(y, p)
+    self.assertLess(good['ece'], 0.02)
+    self.assertAlmostEqual(good['slope'], 1.0, delta=0.08)
+    self.assertAlmostEqual(good['intercept'], 0.0, delta=0.08)
+    np.testing.assert_allclose(good['brier'], np.mean((p - y) ** 2))
+    self.assertLen(good['bins'], 10)
+    self.assertEqual(sum(b[2] for b in good['bins']), p.size)
+    # Overconfident predictions: logit doubled, slope ~0.5, larger ECE.
+    logit = np.log(p / (1 - p))
+    over = statistics.binary_calibration(y, 1 / (1 + np.exp(-2 * logit)))
+    self.assertAlmostEqual(over['slope'], 0.5, delta=0.05)
+    self.assertGreater(over['ece'], good['ece'] + 0.03)
+
+  def test_one_class_gives_nan_slope(self):
+    out = statistics.binary_calibration(np.zeros(50, bool),
+                                        np.full(50, 0.1))
+    self.assertTrue(np.isnan(out['slope']))
+    self.assertAlmostEqual(out['ece'], 0.1)

@@ -210,6 +210,11 @@ def test_blackbox_and_downstream_comparison(run):
     markdown = f.read()
   assert '| reduced EF | ResNet (beat) | AUROC |' in markdown
   assert '## Counterfactual' in markdown
+  assert '## AUROC per label' in markdown
+  per_label = result['tables']['per_label']
+  assert len(per_label) == 16
+  assert set(per_label[0]) == {'label', 'prevalence', 'factors: logistic',
+                               'oracle: logistic'}
   top = result['tables']['top_factors']
   assert {t['fit'] for t in top} >= {'factors_reduced_ef_logistic',
                                      'factors_mortality_cox'}

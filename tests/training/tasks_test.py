@@ -113,6 +113,12 @@ def test_classify_summary_matches_sklearn():
   assert summary['auroc'] == pytest.approx(np.mean(per), abs=1e-12)
   assert summary['bce'] == 0.4
   assert summary['auroc'] > 0.7  # the scores carry the labels
+  probs = 1 / (1 + np.exp(-logits))
+  brier = np.mean([sk_metrics.brier_score_loss(targets[:, k], probs[:, k])
+                   for k in range(2)])
+  assert summary['brier'] == pytest.approx(brier, abs=1e-12)
+  assert 0.0 <= summary['ece'] <= 1.0
+  assert np.isfinite(summary['calibration_slope'])
 
 
 def test_binary_classify_accepts_flat_bool_targets():
