@@ -98,6 +98,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # External validation: the fitted models applied unchanged to the test
       # split of another factor sampler ('' to skip).
       external_mode='realistic',
+      # PTB-XL diagnostic superclasses, if you built it
+      # (experiments/build_dataset.py --dataset=ptbxl): name 'ptbxl/default'
+      # and its data_dir; '' skips. 0: every record of the split.
+      ptbxl=ml_collections.ConfigDict(dict(
+          name='', data_dir='', num_train=0, num_test=0)),
   ))
   # The black-box ResNets (--mode=blackbox), one run per target and input
   # under <workdir>/blackbox/ (configs/resnet.py; 0 keeps its own sizes).

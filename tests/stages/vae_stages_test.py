@@ -220,3 +220,85 @@ def test_blackbox_and_downstream_comparison(run):
                                      'factors_mortality_cox'}
   cf = result['details']['counterfactual']
   assert 0.0 < cf['risk'] < 1.0 and 0.0 < cf['new_risk'] < 1.0
+
+
+def _write_ptbxl_like(root, n=32):
+  """A PTB-XL-shaped folder: simulated 10-s strips as WFDB, metadata CSVs.
+
+  SCP codes follow the simulator's labels (LBBB/RBBB -> CD, LVH -> HYP, ST
+  or T changes -> STTC, no label -> NORM), every 4th record in fold 10 (test),
+  every 8th in fold 9 (validation).
+
+  Returns:
+    (records in fold 10, records in folds 1-8).
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from factorecg_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  from factorecg_jax.data import simulator  # pylint: disable=g-import-not-at-top
+  rec = jax.device_get(simulator.simulate_records(
+      jax.random.key(11), n, mode='realistic', strips=True,
+      fields=('strip', 'labels')))
+  lab = {name: rec['labels'][:, i]
+         for i, name in enumerate(simulator.LABEL_NAMES)}
+  rows = []
+  for i in range(n):
+    ecg_id = i + 1
+    codes = {}
+    if lab['lbbb'][i] or lab['rbbb'][i]:
+      codes['CLBBB'] = 100.0
+    if lab['lvh'][i]:
+      codes['LVH'] = 100.0
+    if lab['st_depression'][i] or lab['t_wave_inversion'][i]:
+      codes['NDT'] = 100.0
+    if not rec['labels'][i].any():
+      codes['NORM'] = 100.0
+    name = f'records500/00000/{ecg_id:05d}_hr'
+    ingest.write_wfdb(os.path.join(root, name), rec['strip'][i], 500)
+    rows.append(dict(ecg_id=ecg_id, patient_id=ecg_id, age=40.0 + i,
+                     sex=i % 2, scp_codes=repr(codes),
+                     strat_fold=(10 if i % 4 == 0 else 9 if i % 8 == 1
+                                 else 1 + i % 8),
+                     filename_lr=name, filename_hr=name))
+  pd.DataFrame(rows).to_csv(os.path.join(root, 'ptbxl_database.csv'),
+                            index=False)
+  pd.DataFrame({
+      'diagnostic': [1.0, 1.0, 1.0, 1.0],
+      'diagnostic_class': ['NORM', 'CD', 'HYP', 'STTC'],
+  }, index=['NORM', 'CLBBB', 'LVH', 'NDT']).to_csv(
+      os.path.join(root, 'scp_statements.csv'))
+  return (sum(1 for r in rows if r['strat_fold'] == 10),
+          sum(1 for r in rows if r['strat_fold'] <= 8))
+
+
+def test_downstream_on_ptbxl_superclasses(run, tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from factorecg_jax.data.ptbxl import ptbxl_dataset_builder as pb  # pylint: disable=g-import-not-at-top
+  root, data_dir = str(tmp_path / 'ptb-xl'), str(tmp_path / 'tfds')
+  num_test, num_train = _write_ptbxl_like(root)
+  builder = pb.Builder(config='default', data_dir=data_dir, batch_size=16,
+                       file_format='array_record')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=root))
+  config = ml_collections.ConfigDict(run['config'].to_dict())
+  config.downstream.ptbxl.update(name='ptbxl/default', data_dir=data_dir)
+  config.downstream.external_mode = ''
+  config.blackbox.targets = ()  # scored in the test above
+  workdir = str(tmp_path / 'run')
+  # The trained tiny VAE of the module's run, in a workdir of its own.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(run['workdir'], workdir,
+                  ignore=shutil.ignore_patterns('downstream', 'blackbox'))
+  result = stages.run_stage('downstream', config, workdir)
+  rows = [r for r in result['tables']['comparison']
+          if r['task'] == 'PTB-XL superclasses']
+  assert len(rows) == 1
+  assert rows[0]['model'] == 'factors + age, sex: logistic'
+  assert rows[0]['n'] == num_test
+  with open(os.path.join(workdir, result['files'][
+      'ptbxl_superclasses_logistic'])) as f:
+    fit = json.load(f)
+  assert set(fit['labels_used']) | set(fit['labels_skipped']) == set(
+      pb.SUPERCLASSES)
+  assert 'MI' in fit['labels_skipped']  # no MI code in the fixture
+  assert fit['labels_used'], fit['labels_skipped']
+  assert fit['n_train'] == num_train
