@@ -682,3 +682,30 @@ def binary_calibration(labels: Array, probabilities: Array, *,
     fit = linear_model.LogisticRegression(C=1e12, max_iter=1000).fit(logit, y)
     out.update(intercept=float(fit.intercept_[0]), slope=float(fit.coef_[0, 0]))
   return out
+
+
+def cox_calibration_slope(time: Array, risk: Array, event: Array) -> float:
+  """Calibration slope of a Cox linear predictor on new data.
+
+  The coefficient of the predicted log relative hazard in a Cox model
+  refitted on it alone (lifelines); 1 means well calibrated, < 1 predictions
+  too extreme (overfitting), > 1 too timid (van Houwelingen 2000). NaN
+  without events or when the fit fails.
+
+  Args:
+    time: [n] follow-up.
+    risk: [n] predicted log relative hazard.
+    event: [n] bool.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  time = np.asarray(time, np.float64).reshape(-1)
+  risk = np.asarray(risk, np.float64).reshape(-1)
+  event = np.asarray(event, bool).reshape(-1)
+  if not event.any() or np.std(risk) == 0:
+    return float('nan')
+  frame = pd.DataFrame(dict(risk=risk - risk.mean(), time=time, event=event))
+  try:
+    fit = lifelines.CoxPHFitter().fit(frame, 'time', 'event')
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
+  return float(fit.params_['risk'])

@@ -685,7 +685,8 @@ def cox_summarize(
 
   Returns:
     'c_index' (Harrell), 'loss' (the Breslow partial likelihood per event
-    over the whole split), 'auroc_1y', 'event_rate'.
+    over the whole split), 'auroc_1y', 'event_rate', 'calibration_slope'
+    (`statistics.cox_calibration_slope`).
   """
   del means
   # pylint: disable-next=g-import-not-at-top
@@ -697,6 +698,9 @@ def cox_summarize(
       'c_index': statistics.concordance_index(time, risk, event),
       'loss': float(survival_loss.cox_loss(risk, time, event)),
       'event_rate': float(event.mean()),
+      # A Cox model refitted on the predicted risk alone: 1 = calibrated.
+      'calibration_slope': statistics.cox_calibration_slope(
+          time, risk, event),
   }
   # Follow-up past the horizon only marks a control (weighted 1/G(horizon)),
   # so test times are cut just beyond it: the AUROC is unchanged and the

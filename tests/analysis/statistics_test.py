@@ -354,3 +354,22 @@ class BinaryCalibrationTest(absltest.TestCase):
                                         np.full(50, 0.1))
     self.assertTrue(np.isnan(out['slope']))
     self.assertAlmostEqual(out['ece'], 0.1)
+
+
+class CoxCalibrationSlopeTest(absltest.TestCase):
+
+  def test_slope_of_true_and_exaggerated_risks(self):
+    rng = np.random.default_rng(1)
+    n = 4000
+    eta = rng.normal(size=n)
+    t = rng.exponential(1.0 / np.exp(eta))
+    c = rng.exponential(2.0, size=n)
+    time, event = np.minimum(t, c), t <= c
+    self.assertAlmostEqual(
+        statistics.cox_calibration_slope(time, eta, event), 1.0, delta=0.07)
+    # Predictions twice too extreme have slope ~0.5.
+    self.assertAlmostEqual(
+        statistics.cox_calibration_slope(time, 2 * eta, event), 0.5,
+        delta=0.04)
+    self.assertTrue(np.isnan(statistics.cox_calibration_slope(
+        time, eta, np.zeros(n, bool))))

@@ -195,6 +195,8 @@ def test_cox_summary():
   assert 0.6 < summary['auroc_1y'] < 1.0
   np.testing.assert_allclose(
       summary['loss'], survival_loss.cox_loss(risk, time, event), rtol=1e-5)
+  # The risk is the true log hazard: calibration slope near 1.
+  assert 0.75 < summary['calibration_slope'] < 1.25
   # Random risk: near chance.
   null = losses.cox_summarize(
       {}, {'risk': rng.normal(size=300), 'time': time, 'event': event})
