@@ -147,6 +147,18 @@ def _binary_counts(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, int]:
               num_positive_test=int(y_test.sum()))
 
 
+def _binary_inputs(names, x_train, y_train, x_test, y_test):
+  """Checked arrays of a binary fit, its counts, and why it cannot run."""
+  names = _check_names(names)
+  x_train = _matrix(x_train, names, 'x_train')
+  x_test = _matrix(x_test, names, 'x_test')
+  y_train = _vector(y_train, len(x_train), 'y_train', bool)
+  y_test = _vector(y_test, len(x_test), 'y_test', bool)
+  counts = _binary_counts(y_train, y_test)
+  reason = _one_class(y_train, 'training') or _one_class(y_test, 'test')
+  return names, x_train, x_test, y_train, y_test, counts, reason
+
+
 def _wald_table(
     names: Sequence[str], coef: np.ndarray, se: np.ndarray,
     p_value: np.ndarray, alpha: float, ratio: str
@@ -272,13 +284,8 @@ def fit_logistic(
     'auroc' {'value', 'low', 'high', 'num_resamples_used'}}; a skipped
     label has only model, status, reason and the counts.
   """
-  names = _check_names(names)
-  x_train = _matrix(x_train, names, 'x_train')
-  x_test = _matrix(x_test, names, 'x_test')
-  y_train = _vector(y_train, len(x_train), 'y_train', bool)
-  y_test = _vector(y_test, len(x_test), 'y_test', bool)
-  counts = _binary_counts(y_train, y_test)
-  reason = _one_class(y_train, 'training') or _one_class(y_test, 'test')
+  names, x_train, x_test, y_train, y_test, counts, reason = _binary_inputs(
+      names, x_train, y_train, x_test, y_test)
   if reason:
     return _skipped('logistic', reason, **counts)
 
@@ -438,13 +445,8 @@ def fit_xgboost(
     'direction_corr', 'gain'}, ...], 'test_contributions' [m, p] and
     'test_bias' [m] (SHAP values and bias, log-odds)}.
   """
-  names = _check_names(names)
-  x_train = _matrix(x_train, names, 'x_train')
-  x_test = _matrix(x_test, names, 'x_test')
-  y_train = _vector(y_train, len(x_train), 'y_train', bool)
-  y_test = _vector(y_test, len(x_test), 'y_test', bool)
-  counts = _binary_counts(y_train, y_test)
-  reason = _one_class(y_train, 'training') or _one_class(y_test, 'test')
+  names, x_train, x_test, y_train, y_test, counts, reason = _binary_inputs(
+      names, x_train, y_train, x_test, y_test)
   if reason:
     return _skipped('xgboost', reason, **counts)
 
