@@ -17,6 +17,7 @@ seconds-long variant for tests.
 import ml_collections
 
 from factorecg_jax.data import input_pipeline
+from factorecg_jax.stages import explain as explain_stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -114,6 +115,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       variant=(),  # extra configs/resnet.py modifiers, e.g. ('tiny',)
       num_train=0, num_steps=0,
   ))
+  # The attribution stage (--mode=explain): a ResNet regressing the nine
+  # measures (configs/resnet.py:measures) in <workdir>/explain/resnet_beat/,
+  # the nine methods of the preset on held-out beats, their perturbation and
+  # ground-truth scores. All fields: stages/explain.py default_config().
+  config.explain = explain_stage.default_config()
+  config.explain.update(num_records=128)
 
   if arg == 'tiny':
     shrink_to_tiny(config)
@@ -138,6 +145,13 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
   config.blackbox.update(targets=('reduced_ef', 'mortality'),
                          inputs=('beat',), variant=('tiny',), num_train=0,
                          num_steps=0)
+  config.explain.update(variant=('tiny',), num_train=0, num_steps=0,
+                        num_records=8, num_resamples=50,
+                        randomisation_records=2, review_records=1,
+                        review_targets=('qrs_ms',), num_fractions=5,
+                        figure_targets=('qrs_ms',),
+                        randomisation_methods=('saliency',),
+                        completeness_records=2)
   config.analysis.update(num_records=64, metrics_num_train=200,
                          metrics_num_test=100, intervention_batch_size=8,
                          intervention_num_train=40, intervention_num_eval=40,

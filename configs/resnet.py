@@ -13,6 +13,10 @@ The argument is ':'-separated: first the target, then modifiers.
   labels      'classify', the simulator's 16 ECG labels (eval/auroc is the
               macro AUROC, eval/auroc_dim_00.. per label)
   ef          'regress', EF in % (eval/mae in %, eval/r2)
+  measures    'regress', the 9 interval/amplitude measurements of
+              simulator.MEASURE_NAMES (HR, PR, QRS, QT, QTc Bazett, R, T and
+              ST-J amplitude in V5, QRS axis; Storas et al. 2025): one head,
+              eval/mae_<name> per target in its unit (eval/mae_qrs_ms, ...)
   mortality   'cox', survival head on time/event (eval/c_index,
               eval/auroc_1y)
   strip       modifier: the 10-s strip [5000, 12] instead of the median beat
@@ -29,13 +33,21 @@ reduced_ef:tiny`. Expected runtime and metrics: not yet measured on the
 import ml_collections
 
 from factorecg_jax.data import input_pipeline
+from factorecg_jax.data import simulator
 
 # Simulator EF (%) over uniform factors (2,000 records): the scale of the
 # 'ef' regression target, so that the model predicts a standard normal.
 EF_MEAN, EF_STD = 46.6, 9.1
 NUM_LABELS = 16  # simulator.NUM_LABELS (LABEL_NAMES)
+# Scale of the 'measures' targets (simulator.MEASURE_NAMES, MEASURE_UNITS:
+# bpm, ms x 4, mV x 3, deg): mean and SD over the uniform sampler, records
+# 0..1999 of the seed-0 'train' split (sources.simulate_batch(0, 'train',
+# range(2000), fields=('measures',))), rounded.
+MEASURES_MEAN = (82.9, 178.9, 110.3, 391.2, 449.9, 1.398, 0.151, 0.006,
+                 31.0)
+MEASURES_STD = (22.0, 34.9, 23.2, 52.6, 47.6, 0.684, 0.263, 0.060, 54.0)
 
-TARGETS = ('reduced_ef', 'labels', 'ef', 'mortality')
+TARGETS = ('reduced_ef', 'labels', 'ef', 'measures', 'mortality')
 MODIFIERS = ('strip', 'age_sex', 'tiny')
 
 
@@ -71,6 +83,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.target_mean = (EF_MEAN,)
     config.loss.target_std = (EF_STD,)
     num_outputs, targets = 1, ('ef',)
+  elif target == 'measures':
+    config.task = 'regress'
+    config.loss.target_key = 'measures'
+    config.loss.target_mean = MEASURES_MEAN
+    config.loss.target_std = MEASURES_STD
+    # Names of the eval summary's per-target MAE (eval/mae_qrs_ms, ...).
+    config.loss.target_names = simulator.MEASURE_NAMES
+    num_outputs, targets = simulator.NUM_MEASURES, ('measures',)
   else:
     config.task = 'cox'
     num_outputs, targets = 1, ('time', 'event')

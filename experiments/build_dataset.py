@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from factorecg_jax.data.deepfake_ecg import deepfake_ecg_dataset_builder
 from factorecg_jax.data.ecg_folder import ecg_folder_dataset_builder
 from factorecg_jax.data.ptbxl import ptbxl_dataset_builder
 from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder
@@ -28,6 +29,7 @@ from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder
 BUILDERS = {
     'ptbxl': ptbxl_dataset_builder.Builder,
     'ecg_folder': ecg_folder_dataset_builder.Builder,
+    'deepfake_ecg': deepfake_ecg_dataset_builder.Builder,
     'synthetic_ecg': synthetic_ecg_dataset_builder.Builder,
 }
 

@@ -103,6 +103,21 @@ def _batch_key_problems(config: ml_collections.ConfigDict) -> list[str]:
   ]
 
 
+def _target_length_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Per-target loss settings whose length is not model.num_outputs."""
+  present, num_outputs = _get(config, 'model.num_outputs')
+  if not present or not isinstance(num_outputs, int):
+    return []
+  problems = []
+  for field in ('loss.target_names', 'loss.target_mean', 'loss.target_std'):
+    _, value = _get(config, field)
+    if isinstance(value, (list, tuple)) and len(value) != num_outputs:
+      problems.append(
+          f'--config.{field} has {len(value)} entries but '
+          f'--config.model.num_outputs={num_outputs}')
+  return problems
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every invalid field of `config`."""
   problems = []
@@ -134,5 +149,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f'--config.{field}={batch}: the global batch must divide by the '
             f'{jax.device_count()} devices')
   problems += _batch_key_problems(config)
+  problems += _target_length_problems(config)
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))

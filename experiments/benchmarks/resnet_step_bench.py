@@ -28,7 +28,6 @@ run to run (0.6x to 2x when the two were timed one after the other, before
 the steps alternated): read the load averages printed, and repeat.
 """
 
-import math
 import os
 import time
 
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 
 from factorecg_jax.models import resnet
+from factorecg_jax.models import resnet_torch
 
 import bench_report  # pylint: disable=g-bad-import-order
 
@@ -75,13 +75,6 @@ def _flops(compiled) -> float:
   return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
-def _same_padding(length: int, window: int, stride: int) -> tuple[int, int]:
-  """(left, right) padding of resnet._pad_same: TensorFlow's 'SAME'."""
-  out = -(-length // stride)
-  pad = max((out - 1) * stride + window - length, 0)
-  return pad // 2, pad - pad // 2
-
-
 def _randomize_norms(variables, seed: int):
   """Replaces BatchNorm scales, biases and running stats by random values.
 
@@ -99,134 +92,6 @@ def _randomize_norms(variables, seed: int):
     return x
 
   return jax.tree_util.tree_map_with_path(draw, variables)
-
-
-def torch_resnet(model: resnet.ResNet, length: int, leads: int):
-  """The Flax `model` as a torch.nn.Module taking [batch, leads, time].
-
-  Supports what the presets use: BatchNorm, ReLU, max-pooled skips and the
-  flattening head without extras.
-
-  Args:
-    model: a resnet.ResNet (the preset's fields are read).
-    length: samples per ECG (fixes the head's input size).
-    leads: input channels.
-
-  Returns:
-    A torch module (train mode), uninitialised: copy weights in with
-    `copy_flax_to_torch`.
-  """
-  # pylint: disable=g-import-not-at-top
-  import torch
-  from torch.nn import functional as F
-  # pylint: enable=g-import-not-at-top
-
-  if (not model.use_batchnorm or not model.skip_pool or model.num_extra
-      or model.pool != 'flatten' or model.act is not jax.nn.relu):
-    raise ValueError('torch_resnet supports the published configuration only')
-
-  def pad_same(x, window, stride, value=0.0):
-    return F.pad(x, _same_padding(x.shape[-1], window, stride), value=value)
-
-  def norm(features):
-    # PyTorch's momentum weighs the new batch: 1 - Flax's 0.9.
-    return torch.nn.BatchNorm1d(features, eps=1e-5, momentum=0.1)
-
-  class Block(torch.nn.Module):
-    """resnet.ResidualBlock."""
-
-    def __init__(self, channels, features, kernel_size, downsample, rate):
-      super().__init__()
-      self.k, self.d = kernel_size, downsample
-      self.conv1 = torch.nn.Conv1d(channels, features, kernel_size, bias=False)
-      self.norm1 = norm(features)
-      self.conv2 = torch.nn.Conv1d(
-          features, features, kernel_size, stride=downsample, bias=False)
-      self.norm2 = norm(features)
-      self.skip = (torch.nn.Conv1d(channels, features, 1, bias=False)
-                   if channels != features else None)
-      self.dropout = torch.nn.Dropout(rate)
-
-    def forward(self, x, skip):
-      if self.d > 1:
-        skip = F.max_pool1d(
-            pad_same(skip, self.d, self.d, -math.inf), self.d, self.d)
-      if self.skip is not None:
-        skip = self.skip(skip)
-      h = self.dropout(F.relu(self.norm1(self.conv1(pad_same(x, self.k, 1)))))
-      skip = self.conv2(pad_same(h, self.k, self.d)) + skip
-      return self.dropout(F.relu(self.norm2(skip))), skip
-
-  class Net(torch.nn.Module):
-    """resnet.ResNet."""
-
-    def __init__(self):
-      super().__init__()
-      k = model.kernel_size
-      self.k = k
-      self.stem_conv = torch.nn.Conv1d(leads, model.stem_filters, k,
-                                       bias=False)
-      self.stem_norm = norm(model.stem_filters)
-      blocks, channels, t = [], model.stem_filters, length
-      for features, d in zip(model.filters, model.downsample):
-        blocks.append(Block(channels, features, k, d, model.dropout_rate))
-        channels, t = features, -(-t // d)
-      self.blocks = torch.nn.ModuleList(blocks)
-      # Flattens channels-first (column c * t + s); the copied kernel's rows
-      # are permuted from Flax's time-major order (s * channels + c).
-      self.classifier = torch.nn.Linear(channels * t, model.num_outputs)
-
-    def forward(self, x):
-      h = F.relu(self.stem_norm(self.stem_conv(pad_same(x, self.k, 1))))
-      skip = h
-      for block in self.blocks:
-        h, skip = block(h, skip)
-      return self.classifier(h.flatten(1))
-
-  return Net()
-
-
-def copy_flax_to_torch(net, params, batch_stats) -> None:
-  """Copies Flax ResNet params and batch_stats into `torch_resnet`'s module.
-
-  Conv kernels [k, in, out] become [out, in, k] (both frameworks
-  cross-correlate); the dense kernel [t * c, out] becomes [out, c * t].
-  """
-  # pylint: disable-next=g-import-not-at-top
-  import torch
-
-  def put(tensor, value):
-    value = np.array(value, np.float32)  # a copy: JAX buffers get donated
-    if tensor.shape != value.shape:
-      raise ValueError(f'shape {tuple(tensor.shape)} != {value.shape}')
-    with torch.no_grad():
-      tensor.copy_(torch.from_numpy(value))
-
-  def conv(module, kernel):
-    put(module.weight, np.transpose(kernel, (2, 1, 0)))
-
-  def bn(module, p, s):
-    put(module.weight, p['scale'])
-    put(module.bias, p['bias'])
-    put(module.running_mean, s['mean'])
-    put(module.running_var, s['var'])
-
-  conv(net.stem_conv, params['stem']['conv']['kernel'])
-  bn(net.stem_norm, params['stem']['norm'], batch_stats['stem']['norm'])
-  for i, block in enumerate(net.blocks):
-    p, s = params[f'blocks_{i}'], batch_stats[f'blocks_{i}']
-    conv(block.conv1, p['conv1']['kernel'])
-    conv(block.conv2, p['conv2']['kernel'])
-    bn(block.norm1, p['norm1'], s['norm1'])
-    bn(block.norm2, p['norm2'], s['norm2'])
-    if block.skip is not None:
-      conv(block.skip, p['skip']['kernel'])
-  kernel = np.asarray(params['classifier']['kernel'])
-  channels = net.blocks[-1].conv2.out_channels
-  t = kernel.shape[0] // channels
-  kernel = kernel.reshape(t, channels, -1).transpose(1, 0, 2)
-  put(net.classifier.weight, kernel.reshape(t * channels, -1).T)
-  put(net.classifier.bias, params['classifier']['bias'])
 
 
 def jax_stepper(model, variables, ecg, target, seed):
@@ -344,9 +209,9 @@ def run_config(preset: str, inputs: str, torch_ok: bool) -> list[dict]:
     # pylint: disable-next=g-import-not-at-top
     import torch
     torch.manual_seed(_SEED.value)
-    net = torch_resnet(model, length, LEADS)
+    net = resnet_torch.torch_resnet(model, length, LEADS)
     # Copied before the JAX step donates (and overwrites) these buffers.
-    copy_flax_to_torch(net, variables['params'], variables['batch_stats'])
+    resnet_torch.copy_flax_to_torch(net, variables)
     net.eval()
     with torch.no_grad():
       torch_logits = net(torch.from_numpy(np.ascontiguousarray(

@@ -569,6 +569,42 @@ def measure(factors: jax.Array) -> dict[str, jax.Array]:
   return out
 
 
+# Regression targets (Storas et al. 2025 predict HR, PR, QRS, QT and the R, T
+# and ST-J amplitudes in V5; QTc and the QRS axis complete the set), each one
+# entry of `measure`: (key, lead or None). QTc is Bazett's QT / sqrt(RR), as
+# the 12SL/MUSE measurements of real data sets report it; the simulator's
+# own qtc factor is Fridericia's (measure()['qtc_fridericia_ms']).
+MEASURE_NAMES = ('hr_bpm', 'pr_ms', 'qrs_ms', 'qt_ms', 'qtc_ms',
+                 'r_amp_v5_mv', 't_amp_v5_mv', 'st_j_v5_mv', 'qrs_axis_deg')
+MEASURE_UNITS = ('bpm', 'ms', 'ms', 'ms', 'ms', 'mV', 'mV', 'mV', 'deg')
+NUM_MEASURES = len(MEASURE_NAMES)
+_MEASURE_SOURCES = (
+    ('hr_bpm', None), ('pr_ms', None), ('qrs_ms', None), ('qt_ms', None),
+    ('qtc_bazett_ms', None), ('r_amp', 'V5'), ('t_amp', 'V5'),
+    ('st_j', 'V5'), ('qrs_axis_deg', None))
+
+
+def measures_from_measurements(m: dict[str, Any]) -> Any:
+  """The MEASURE_NAMES vector from `measure()` output (selection only).
+
+  Pure indexing, no arithmetic, so it gives the same bits from numpy or JAX
+  inputs and from stored or freshly simulated measurements.
+
+  Args:
+    m: `measure(factors)` or a batch of them (numpy or JAX): scalars [...]
+      and per-lead arrays [..., 12].
+
+  Returns:
+    [..., NUM_MEASURES] float32 in MEASURE_UNITS (a numpy array for numpy
+    inputs, else a JAX array).
+  """
+  columns = [m[key] if lead is None else m[key][..., LEAD_INDEX[lead]]
+             for key, lead in _MEASURE_SOURCES]
+  if all(isinstance(c, np.ndarray) or np.isscalar(c) for c in columns):
+    return np.stack([np.asarray(c, np.float32) for c in columns], axis=-1)
+  return jnp.stack([jnp.asarray(c, jnp.float32) for c in columns], axis=-1)
+
+
 def _contiguous(flags: jax.Array) -> jax.Array:
   """True if >= 2 leads of one contiguous group are flagged ([12] -> [])."""
   return jnp.any(jnp.asarray(_GROUP_MATRIX) @ flags.astype(jnp.float32) >= 2)
@@ -803,7 +839,8 @@ def simulate_record(key: jax.Array, *, mode: str = 'uniform',
   Returns:
     dict: factors [14], beat [600, 12] (noisy), beat_clean [600, 12],
     measurements (dict), labels [NUM_LABELS] bool, ef, reduced_ef, age
-    (years, float32), sex (int32, 1 = male), time (years), event; with
+    (years, float32), sex (int32, 1 = male), time (years), event, measures
+    [NUM_MEASURES] float32 (MEASURE_NAMES, MEASURE_UNITS); with
     `strip`: strip [5000, 12], strip_clean, qrs_onsets, r_peaks, num_beats.
   """
   _check_survival_model(survival_model)
@@ -823,7 +860,8 @@ def simulate_record(key: jax.Array, *, mode: str = 'uniform',
       factors=factors, beat_clean=clean,
       beat=clean + beat_noise(factors, keys['noise'], exact=exact_noise),
       measurements=m, labels=labels_from_measurements(factors, m), ef=ef,
-      reduced_ef=ef <= 35.0, age=age, sex=sex, time=time, event=event)
+      reduced_ef=ef <= 35.0, age=age, sex=sex, time=time, event=event,
+      measures=measures_from_measurements(m))
   if strip:
     s = simulate_strip(factors, keys['strip'], rr_std,
                        exact_noise=exact_noise)
@@ -835,7 +873,8 @@ def simulate_record(key: jax.Array, *, mode: str = 'uniform',
 
 RECORD_FIELDS = ('factors', 'beat', 'beat_clean', 'measurements', 'labels',
                  'ef', 'reduced_ef', 'age', 'sex', 'time', 'event', 'strip',
-                 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
+                 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats',
+                 'measures')
 _STRIP_FIELDS = ('strip', 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
 _MIN_CHUNK = 8
 
@@ -884,7 +923,8 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
       sex entered the hazard).
     strips: include the strip fields (ignored when `fields` is given).
     fields: subset of RECORD_FIELDS to compute and return (default: all but
-      the strip fields, or all with `strips`).
+      the strip fields, or all with `strips`). 'measures' [n, NUM_MEASURES]
+      is selected from the measurements (`measures_from_measurements`).
     chunk_size: most records per jitted call.
 
   Returns:
@@ -905,6 +945,13 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
     raise ValueError(f'unknown record fields {sorted(unknown)}; known: '
                      f'{RECORD_FIELDS}')
   fields = tuple(f for f in RECORD_FIELDS if f in fields)
+  # 'measures' is selected from 'measurements' on the host, so it holds the
+  # very bits of the measurements of the same call (and of a stored record).
+  want_measures = 'measures' in fields
+  keep_measurements = 'measurements' in fields
+  if want_measures:
+    fields = tuple(f for f in RECORD_FIELDS
+                   if (f in fields and f != 'measures') or f == 'measurements')
   _check_survival_model(survival_model)
   lam = np.float32(calibrate_lambda(mode, shape_k,
                                     survival_model=survival_model))
@@ -922,4 +969,9 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
                                jax.device_get(out)))
   if not chunks:
     raise ValueError('no records requested')
-  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *chunks)
+  out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *chunks)
+  if want_measures:
+    out['measures'] = measures_from_measurements(out['measurements'])
+    if not keep_measurements:
+      del out['measurements']
+  return out

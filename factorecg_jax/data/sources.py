@@ -35,6 +35,7 @@ RECORD_FIELDS = (
     'beat_clean',
     'strip',
     'measurements',
+    'measures',
     'labels',
     'ef',
     'reduced_ef',
@@ -43,7 +44,14 @@ RECORD_FIELDS = (
     'time',
     'event',
 )
-DEFAULT_FIELDS = tuple(f for f in RECORD_FIELDS if f != 'strip')
+# Fields that are a function of other stored fields: the synthetic_ecg
+# builder does not store them, and `TfdsSource` derives them on reading
+# ('measures' = `simulator.measures_from_measurements(record['measurements'])`,
+# pure selection, so on disk and on the fly agree bit for bit).
+DERIVED_FIELDS = ('measures',)
+DEFAULT_FIELDS = tuple(
+    f for f in RECORD_FIELDS if f != 'strip' and f not in DERIVED_FIELDS
+)
 # Largest and smallest numbers of records simulated by one compiled call.
 MAX_CHUNK = 1024
 MIN_CHUNK = 8
@@ -108,8 +116,9 @@ def simulate_batch(
   Returns:
     Dict of numpy arrays with leading axis n: the requested fields, e.g.
     'beat' [n, 600, 12] float32 mV, 'factors' [n, 14], 'measurements' a dict of
-    [n] arrays, 'age' [n] float32 years, 'sex' [n] int32 (1 = male), and 'id'
-    [n] int64 when requested.
+    [n] arrays, 'measures' [n, 9] float32 (`simulator.MEASURE_NAMES`), 'age'
+    [n] float32 years, 'sex' [n] int32 (1 = male), and 'id' [n] int64 when
+    requested.
   """
   indices = np.asarray(indices, dtype=np.int64).reshape(-1)
   sim_fields = _simulated_fields(fields)
@@ -338,8 +347,20 @@ class TfdsSource:
         builder_kwargs=dict(file_format='array_record'),
     )
     info = self.data_source.dataset_info.features.get_tensor_info()
-    self._spec = _feature_spec(info, fields)
-    self.fields = tuple(self._spec)
+    # 'measures' of a data set that stores only 'measurements' (synthetic_ecg)
+    # is selected from them on reading.
+    self._derive = ()
+    if (fields is not None and 'measures' in fields and 'measures' not in info
+        and 'measurements' in info):
+      self._derive = ('measures',)
+      read = [f for f in fields if f != 'measures']
+      if 'measurements' not in read:
+        read.append('measurements')
+      self._spec = _feature_spec(info, read)
+      self.fields = tuple(fields)
+    else:
+      self._spec = _feature_spec(info, fields)
+      self.fields = tuple(self._spec)
 
   def __len__(self) -> int:
     return len(self.data_source)
@@ -367,7 +388,12 @@ class TfdsSource:
       records = getitems(indices)
     else:
       records = [self.data_source[i] for i in indices]
-    return _stack(records, self._spec)
+    batch = _stack(records, self._spec)
+    if self._derive:
+      batch['measures'] = simulator.measures_from_measurements(
+          batch['measurements'])
+      batch = {f: batch[f] for f in self.fields}
+    return batch
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     return _take(self.get_batch(np.array([i])), 0)

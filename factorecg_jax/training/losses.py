@@ -37,6 +37,7 @@ divergence of N(mu, sd^2) from N(0, I), summed over the latents.
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
+import warnings
 
 import flax.linen as nn
 import jax
@@ -522,6 +523,12 @@ def _scale(values: Sequence[float] | float | None, default: float):
   return jnp.asarray(default if values is None else values, jnp.float32)
 
 
+def _observed(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(y with NaNs set to 0, 1.0 where y was finite)`: missing targets."""
+  seen = jnp.isfinite(y)
+  return jnp.where(seen, y, 0.0), seen.astype(jnp.float32)
+
+
 def regress_loss(
     params: Params,
     batch: Batch,
@@ -533,27 +540,36 @@ def regress_loss(
     extra_keys: Sequence[str] = (),
     target_mean: Sequence[float] | float | None = None,
     target_std: Sequence[float] | float | None = None,
+    target_names: Sequence[str] | None = None,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
   """MSE on standardised targets, `(y - target_mean) / target_std`.
+
+  Missing targets (NaN, e.g. a PTB-XL+ or DeepFake-ECG measurement the
+  algorithm did not report) weigh nothing: the loss is the mean over the
+  observed (row, target) pairs of real rows; with every target observed it
+  is the plain mean over targets and rows.
 
   Args:
     params, batch, rng, model, model_state, extra_keys: as `classify_loss`;
       `batch[target_key]` [batch, K] or [batch] float in physical units
-      (e.g. EF in %).
+      (e.g. EF in %), NaN where missing.
     target_key: batch key of the targets.
     target_mean: [K] (or one) mean the targets are centred by (None: 0).
     target_std: [K] (or one) scale (None: 1); the model predicts the
       standardised target.
+    target_names: [K] names (used by `regress_eval` only).
 
   Returns:
     `(loss, (metrics, new_model_state))`; metrics 'mse' (standardised).
   """
+  del target_names
   out, new_state = _apply(model, params, model_state, batch, train=True,
                           rng=rng, extra_keys=extra_keys)
-  y = _targets(batch, target_key, out.shape[1])
+  y, seen = _observed(_targets(batch, target_key, out.shape[1]))
   z = (y - _scale(target_mean, 0.0)) / _scale(target_std, 1.0)
-  loss = _masked_mean(jnp.mean(jnp.square(out - z), axis=1),
-                      _batch_mask(batch))
+  weight = seen * _batch_mask(batch)[:, None]
+  loss = jnp.sum(weight * jnp.square(out - z)) / jnp.maximum(
+      jnp.sum(weight), 1.0)
   return loss, (dict(mse=loss), new_state)
 
 
@@ -567,22 +583,48 @@ def regress_eval(
     extra_keys: Sequence[str] = (),
     target_mean: Sequence[float] | float | None = None,
     target_std: Sequence[float] | float | None = None,
+    target_names: Sequence[str] | None = None,
 ) -> dict[str, jax.Array]:
   """Standardised squared error (averaged); predictions and targets in
   physical units (collected).
 
+  With `target_names` ([K] strings, e.g. `simulator.MEASURE_NAMES`) it also
+  returns, per target, `mae_<name>` [batch, 2]: the absolute error in
+  physical units (0 where the target is missing) and 1.0 where it is
+  observed. The loop averages them over the split, and `regress_summarize`
+  turns each pair into that target's MAE over its observed rows, reported as
+  'eval/mae_<name>' (the loop gives a summary only the means and collected
+  arrays, so the names travel as output keys).
+
   Returns:
-    'loss' [batch]; 'predictions', 'targets' [batch, K] float32.
+    'loss' [batch] (mean over observed targets); 'predictions', 'targets'
+    [batch, K] float32 (targets NaN where missing); 'mae_<name>' [batch, 2].
+
+  Raises:
+    ValueError: if `target_names` does not have K names.
   """
   out, _ = _apply(model, params, model_state, batch, train=False,
                   extra_keys=extra_keys)
-  y = _targets(batch, target_key, out.shape[1])
+  y_raw = _targets(batch, target_key, out.shape[1])
+  y, seen = _observed(y_raw)
   mean, std = _scale(target_mean, 0.0), _scale(target_std, 1.0)
-  return dict(
-      loss=jnp.mean(jnp.square(out - (y - mean) / std), axis=1),
-      predictions=out * std + mean,
-      targets=y,
+  pred = out * std + mean
+  sq = seen * jnp.square(out - (y - mean) / std)
+  result = dict(
+      loss=jnp.sum(sq, axis=1) / jnp.maximum(jnp.sum(seen, axis=1), 1.0),
+      predictions=pred,
+      targets=y_raw,
   )
+  if target_names:
+    if len(target_names) != out.shape[1]:
+      raise ValueError(
+          f'loss.target_names has {len(target_names)} names but the model '
+          f'outputs {out.shape[1]} targets.'
+      )
+    abs_err = seen * jnp.abs(pred - y)
+    for k, name in enumerate(target_names):
+      result[f'mae_{name}'] = jnp.stack([abs_err[:, k], seen[:, k]], axis=1)
+  return result
 
 
 def regress_summarize(
@@ -590,23 +632,38 @@ def regress_summarize(
 ) -> dict[str, float]:
   """MAE, RMSE and R^2 in physical units over the whole eval split.
 
+  Missing (NaN) targets are left out of every statistic of their column.
+
   Returns:
     'mae', 'rmse', 'r2' (means over targets) and, for K > 1,
-    'mae_dim_00'.. and 'r2_dim_00'.. per target.
+    'mae_dim_00'.. and 'r2_dim_00'.. per target; with `target_names`
+    (`regress_eval`), also 'mae_<name>' per target, the same value as
+    'mae_dim_XX' under a readable name (e.g. 'mae_qrs_ms', in ms).
   """
-  del means
   pred = np.asarray(collected['predictions'], np.float64)
   y = np.asarray(collected['targets'], np.float64)
   err = pred - y
-  mae = np.mean(np.abs(err), axis=0)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    r2 = 1.0 - np.sum(err**2, axis=0) / np.sum((y - y.mean(0))**2, axis=0)
-  out = {'mae': float(mae.mean()), 'rmse': float(np.sqrt(np.mean(err**2))),
-         'r2': float(r2.mean())}
+  with np.errstate(invalid='ignore', divide='ignore'), \
+      warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN columns
+    mae = np.nanmean(np.abs(err), axis=0)
+    sse = np.nansum(err**2, axis=0)
+    sst = np.nansum((y - np.nanmean(y, axis=0))**2, axis=0)
+    sst = np.where(np.isfinite(y).any(axis=0), sst, np.nan)
+    r2 = 1.0 - sse / sst
+    out = {'mae': float(np.nanmean(mae)),
+           'rmse': float(np.sqrt(np.nanmean(err**2))),
+           'r2': float(np.nanmean(r2))}
   if y.shape[1] > 1:
     for k in range(y.shape[1]):
       out[f'mae_dim_{k:02d}'] = float(mae[k])
       out[f'r2_dim_{k:02d}'] = float(r2[k])
+  # Per-target MAE under its name: mean |error| over observed rows, from the
+  # split means of regress_eval's [abs error, observed] pairs.
+  for key, value in means.items():
+    value = np.asarray(value, np.float64)
+    if key.startswith('mae_') and value.shape == (2,):
+      out[key] = float(value[0] / value[1]) if value[1] > 0 else float('nan')
   return out
 
 

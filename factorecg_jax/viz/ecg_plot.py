@@ -195,13 +195,33 @@ def _edge_formatter(edge: float, margin: float) -> ticker.Formatter:
 
 
 def _draw_heat(ax: maxes.Axes, time: np.ndarray, heat: np.ndarray,
-               ylim: tuple[float, float], cmap: str, alpha: float) -> None:
-  """Shades the panel by `heat` in [0, 1]; zero is fully transparent."""
+               ylim: tuple[float, float], cmap: str, alpha: float, *,
+               under: np.ndarray | None = None, signed: bool = False) -> None:
+  """Shades the panel by `heat` in [0, 1].
+
+  Unsigned heat: zero is fully transparent, one has opacity `alpha`. Signed
+  heat (`signed=True`, 0.5 = zero relevance): opacity grows with the
+  distance from 0.5. With `under` (the trace, [T]) only the area between the
+  trace and 0 mV (at least a band of 6 % of the panel height along the
+  trace) is coloured ("colour under the curve"); otherwise the whole panel
+  height.
+  """
   rgba = matplotlib.colormaps[cmap](heat)
-  rgba[:, 3] = heat * alpha
+  strength = np.abs(2.0 * heat - 1.0) if signed else heat
+  rgba[:, 3] = strength * alpha
   dt = (time[-1] - time[0]) / max(len(time) - 1, 1)
-  ax.imshow(rgba[None], extent=(time[0] - dt / 2, time[-1] + dt / 2, *ylim),
-            aspect='auto', origin='lower', zorder=1)
+  image = ax.imshow(
+      rgba[None], extent=(time[0] - dt / 2, time[-1] + dt / 2, *ylim),
+      aspect='auto', origin='lower', zorder=1)
+  if under is not None:
+    # At least a thin band along the trace, so relevance on the isoelectric
+    # line (PR and ST segments) stays visible.
+    d = 0.06 * (ylim[1] - ylim[0])
+    base = np.where(under >= 0, np.minimum(0.0, under - d),
+                    np.maximum(0.0, under + d))
+    area = ax.fill_between(time, under, base, facecolor='none',
+                           edgecolor='none', zorder=0)
+    image.set_clip_path(area.get_paths()[0], transform=ax.transData)
 
 
 def _draw_markers(ax: maxes.Axes, markers: Mapping[str, Any],
@@ -267,6 +287,8 @@ def _render(
   markers: Mapping[str, Any] | None = None,
   heat_cmap: str = 'YlOrRd',
   heat_alpha: float = 0.6,
+  heat_style: str = 'band',
+  heat_signed: bool = False,
   linewidth: float = 0.8,
   colorbar: tuple[cm.ScalarMappable, str] | None = None,
 ) -> tuple[mfigure.Figure, list[maxes.Axes]]:
@@ -314,7 +336,9 @@ def _render(
     ax.set_label(p.lead)
     ylim = ylims[p.row]
     if p.heat is not None:
-      _draw_heat(ax, p.time, p.heat, ylim, heat_cmap, heat_alpha)
+      _draw_heat(ax, p.time, p.heat, ylim, heat_cmap, heat_alpha,
+                 under=p.traces[0] if heat_style == 'under' else None,
+                 signed=heat_signed)
     for trace, color in zip(p.traces, colors):
       ax.plot(p.time, trace, color=color, linewidth=linewidth, zorder=3)
     if markers:
@@ -425,6 +449,8 @@ def plot_ecg(
   heat: Any = None,
   heat_cmap: str = 'YlOrRd',
   heat_alpha: float = 0.6,
+  heat_style: str = 'band',
+  heat_signed: bool = False,
   rhythm_lead: str | None = 'II',
   segmented: bool | None = None,
   leads: Sequence[str] | None = None,
@@ -461,6 +487,11 @@ def plot_ecg(
       with `heat_cmap`, alpha `heat_alpha` * value, e.g. attribution maps.
     heat_cmap: matplotlib colour map name for `heat`.
     heat_alpha: opacity of the shading where heat is 1.
+    heat_style: 'band' shades the full panel height behind the trace;
+      'under' colours only the area between the (first) trace and 0 mV.
+    heat_signed: heat is signed relevance mapped to [0, 1] (0.5 = none, as
+      `viz.heatmaps.attribution_heat(mode='signed')` gives); opacity then
+      grows with |heat - 0.5|; use a diverging `heat_cmap`.
     rhythm_lead: lead of the rhythm strip under a segmented grid; None for
       none.
     segmented: force (True) or forbid (False) time segments per column;
@@ -500,6 +531,9 @@ def plot_ecg(
   heat_arr = _check_heat(heat, num_samples)
   if markers is not None and not isinstance(markers, Mapping):
     raise ValueError('markers must be a dict name -> time(s) in seconds.')
+  if heat_style not in ('band', 'under'):
+    raise ValueError(f"heat_style must be 'band' or 'under'; got "
+                     f'{heat_style!r}.')
 
   columns = _COLUMNS[layout]
   if leads is not None:
@@ -539,7 +573,7 @@ def plot_ecg(
     panels, _row_ylims(row_data), colors, gap_mm=(gap, gap), paper=paper,
     ax_or_fig=ax_or_fig, scale=scale, title=title, labels=labels,
     markers=markers, heat_cmap=heat_cmap, heat_alpha=heat_alpha,
-    linewidth=linewidth)
+    heat_style=heat_style, heat_signed=heat_signed, linewidth=linewidth)
   return fig
 
 

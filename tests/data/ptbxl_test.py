@@ -65,6 +65,31 @@ def _write_ptbxl(root: str, records: dict) -> None:
   ingest.write_wfdb(
       os.path.join(root, 'ptb-xl-plus/median_beats/12sl/00001_medians'),
       plus, 500)
+  _write_plus_features(root, records)
+
+
+# Records with a PTB-XL+ 12SL feature row (2 has none); 3 lacks its PR.
+_PLUS_IDS = (1, 3, 4, 5, 6)
+
+
+def _write_plus_features(root: str, records: dict) -> None:
+  """ptb-xl-plus/features/12sl_features.csv in the PTB-XL+ layout.
+
+  One row per ecg_id (not the first column), the 12SL names of
+  pb.PLUS_FEATURE_COLUMNS['12sl'] in bpm, ms, mV and deg, and columns the
+  builder does not read.
+  """
+  rows = []
+  for ecg_id in _PLUS_IDS:
+    values = records['measures'][ecg_id - 1]
+    row = {'QRS_Count_Global': 10, 'ecg_id': ecg_id, 'P_Amp_II': 0.1}
+    row.update(zip(pb.PLUS_FEATURE_COLUMNS['12sl'], map(float, values)))
+    if ecg_id == 3:
+      row['PR_Int_Global'] = np.nan
+    rows.append(row)
+  path = os.path.join(root, 'ptb-xl-plus/features/12sl_features.csv')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def _build(root, data_dir, config):
@@ -85,6 +110,7 @@ class PtbxlTest(absltest.TestCase):
     cls.records = jax.device_get(
         simulator.simulate_records(jax.random.key(5), len(_FOLDS),
                                    strips=True))
+    assert 'measures' in cls.records
     _write_ptbxl(cls.root, cls.records)
     cls.data_dir = os.path.join(cls._tmp.name, 'data')
     cls.builder = _build(cls.root, cls.data_dir, 'default')
@@ -150,6 +176,39 @@ class PtbxlTest(absltest.TestCase):
     self.assertGreater(
         np.corrcoef(plus[150:450].ravel(), computed[150:450].ravel())[0, 1],
         0.98)
+
+  def test_ptbxl_plus_measures_come_through(self):
+    data_dir = os.path.join(self._tmp.name, 'measures')
+    _build(self.root, data_dir, 'plus_measures')
+    read = {}
+    for split in ('train', 'validation', 'test'):
+      read.update(self._read('ptbxl/plus_measures', split, data_dir))
+    self.assertEqual(set(read), {1, 2, 3, 4, 5, 6})
+    for ecg_id, ex in read.items():
+      got = ex['measures']
+      self.assertEqual(got.shape, (simulator.NUM_MEASURES,))
+      self.assertEqual(got.dtype, np.float32)
+      if ecg_id not in _PLUS_IDS:
+        self.assertTrue(np.isnan(got).all(), ecg_id)
+        continue
+      expected = np.array(self.records['measures'][ecg_id - 1])
+      if ecg_id == 3:
+        expected[simulator.MEASURE_NAMES.index('pr_ms')] = np.nan
+      np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # The other configs keep their features.
+    self.assertNotIn('measures', self._read('ptbxl/default', 'test')[5])
+
+  def test_plus_measures_need_the_feature_table(self):
+    config = pb.PtbxlConfig(name='x', plus_features='12sl',
+                            ptbxl_plus_dir='nowhere')
+    with self.assertRaisesRegex(FileNotFoundError, 'nowhere'):
+      pb.read_plus_measures(self.root, config)
+    config = pb.PtbxlConfig(name='x', plus_features='ecgdeli')
+    with self.assertRaisesRegex(FileNotFoundError, 'ecgdeli_features'):
+      pb.read_plus_measures(self.root, config)
+    with self.assertRaisesRegex(ValueError, 'must be one of'):
+      pb.read_plus_measures(self.root, pb.PtbxlConfig(name='x',
+                                                      plus_features='muse'))
 
   def test_scp_codes_are_parsed_as_literals_only(self):
     self.assertEqual(pb.parse_scp_codes("{'NORM': 100.0}"), ['NORM'])

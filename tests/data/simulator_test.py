@@ -481,3 +481,29 @@ def test_realistic_sampler_is_mostly_normal():
   assert normal_u < 0.05 and normal_r > 0.25
   with pytest.raises(ValueError, match='mode'):
     sim.sample_factors(jax.random.key(0), 2, mode='nope')
+
+
+def test_measures_are_the_named_measurements_in_physical_units():
+  recs = sim.simulate_records(jax.random.key(4), 16,
+                              fields=('factors', 'measurements', 'measures'))
+  m, got = recs['measurements'], recs['measures']
+  assert got.shape == (16, sim.NUM_MEASURES) and got.dtype == np.float32
+  assert len(sim.MEASURE_NAMES) == len(sim.MEASURE_UNITS) == 9
+  v5 = L['V5']
+  expected = np.stack([
+      m['hr_bpm'], m['pr_ms'], m['qrs_ms'], m['qt_ms'], m['qtc_bazett_ms'],
+      m['r_amp'][:, v5], m['t_amp'][:, v5], m['st_j'][:, v5],
+      m['qrs_axis_deg']], axis=1)
+  np.testing.assert_array_equal(got, expected)
+  # QTc is Bazett's: QT / sqrt(RR in s), HR and intervals as the factors.
+  f = recs['factors']
+  rr_s = 60.0 / f[:, sim.FACTOR_INDEX['hr']]
+  np.testing.assert_allclose(got[:, 4], got[:, 3] / np.sqrt(rr_s), rtol=1e-5)
+  np.testing.assert_allclose(got[:, 0], f[:, sim.FACTOR_INDEX['hr']])
+  np.testing.assert_allclose(got[:, 2], f[:, sim.FACTOR_INDEX['qrs_dur']])
+  # Asked for alone, the same bits; a single record carries them too.
+  alone = sim.simulate_records(jax.random.key(4), 16, fields=('measures',))
+  assert set(alone) == {'measures'}
+  np.testing.assert_array_equal(alone['measures'], got)
+  one = sim.simulate_record(jax.random.fold_in(jax.random.key(4), 2))
+  np.testing.assert_allclose(one['measures'], got[2], rtol=1e-5, atol=1e-6)

@@ -130,6 +130,26 @@ class SyntheticEcgTest(absltest.TestCase):
             fly.get_batch(idx),
         )
 
+  def test_measures_are_derived_from_the_stored_measurements(self):
+    # The builder stores no 'measures' (its features are unchanged); the
+    # TFDS source selects them from the stored measurements, bit for bit
+    # the on-the-fly values.
+    self.assertNotIn('measures', sources.DEFAULT_FIELDS)
+    self.assertNotIn('measures', sources.TfdsSource(
+        'synthetic_ecg/tiny', 'train', self.data_dir).fields)
+    fields = ('beat', 'measures')
+    for split, n in _SPLITS.items():
+      disk = sources.TfdsSource('synthetic_ecg/tiny', split, self.data_dir,
+                                fields=fields)
+      fly = sources.OnTheFlySource(n, seed=0, split=split, fields=fields)
+      self.assertEqual(disk.fields, fields)
+      got, want = disk.get_batch(np.arange(n)), fly.get_batch(np.arange(n))
+      self.assertEqual(set(got), set(fields))
+      self.assertEqual(got['measures'].shape, (n, simulator.NUM_MEASURES))
+      np.testing.assert_array_equal(got['measures'], want['measures'])
+      np.testing.assert_array_equal(disk[3]['measures'],
+                                    want['measures'][3])
+
   def test_on_the_fly_matches_simulator_rule(self):
     # Record i of split s is `simulate_record(fold_in(split_key(seed, s), i))`.
     key = jax.random.fold_in(jax.random.key(0), sources.SPLIT_IDS['test'])

@@ -155,6 +155,45 @@ def test_regress_standardises_and_reports_physical_units():
   assert np.isfinite(float(loss)) and summary['mae'] > 0
 
 
+def test_regress_names_targets_and_skips_missing_ones():
+  """Per-target MAE under readable names; NaN targets weigh nothing."""
+  batch = _fake_batch()
+  rng = np.random.default_rng(1)
+  y = np.stack([rng.normal(400, 30, B), rng.normal(1.0, 0.3, B)], 1)
+  y = y.astype(np.float32)
+  y[:4, 0] = np.nan  # QT not measured on four records
+  batch['measures'] = y
+  batch['mask'][-2:] = 0.0  # padding
+  model = resnet._TinyResNet(num_outputs=2, use_batchnorm=False,
+                             dropout_rate=0.0)
+  params = jax.jit(model.init)(jax.random.key(0), batch['ecg'][:1])['params']
+  kw = dict(model=model, model_state={}, target_key='measures',
+            target_mean=[400.0, 1.0], target_std=[30.0, 0.3],
+            target_names=('qt_ms', 'r_amp_v5_mv'))
+  loss, _ = losses.regress_loss(params, batch, jax.random.key(0), **kw)
+  out = jax.device_get(losses.regress_eval(params, batch, **kw))
+  pred = out['predictions']
+  z = (y - [400.0, 1.0]) / [30.0, 0.3]
+  zp = (pred - [400.0, 1.0]) / [30.0, 0.3]
+  seen = np.isfinite(y) & (batch['mask'][:, None] > 0)
+  np.testing.assert_allclose(loss, np.mean(((zp - z) ** 2)[seen]), rtol=1e-5)
+  assert np.isfinite(out['loss']).all()
+  # The loop's masked means of the eval outputs, then the summary.
+  real = batch['mask'] > 0
+  means = {k: v[real].mean(0) for k, v in out.items()
+           if k not in ('predictions', 'targets')}
+  collected = {k: out[k][real] for k in ('predictions', 'targets')}
+  summary = losses.regress_summarize(means, collected)
+  for k, name in enumerate(('qt_ms', 'r_amp_v5_mv')):
+    ok = seen[:, k]
+    expected = np.mean(np.abs(pred[ok, k] - y[ok, k]))
+    assert summary[f'mae_{name}'] == pytest.approx(expected, rel=1e-5)
+    assert summary[f'mae_dim_{k:02d}'] == pytest.approx(expected, rel=1e-5)
+  assert np.isfinite(summary['r2']) and np.isfinite(summary['rmse'])
+  with pytest.raises(ValueError, match='target_names has 1 names'):
+    losses.regress_eval(params, batch, **{**kw, 'target_names': ('qt',)})
+
+
 def test_cox_loss_is_the_global_batch_partial_likelihood():
   """On 8 devices the loss is cox_loss of the whole batch, not per shard."""
   batch = _fake_batch(n=32)
@@ -221,7 +260,7 @@ def test_build_model_handles_presets_and_dtype():
 
 @pytest.mark.parametrize('arg', [
     'reduced_ef', 'labels', 'ef', 'mortality', 'reduced_ef:tiny',
-    'mortality:strip:age_sex:tiny'])
+    'mortality:strip:age_sex:tiny', 'measures', 'measures:strip:age_sex:tiny'])
 def test_resnet_config_variants_validate(arg):
   config = config_checks.load_config(f'{RESNET_CONFIG}:{arg}')
   config_checks.validate(config)
@@ -230,10 +269,35 @@ def test_resnet_config_variants_validate(arg):
   if 'strip' in arg:
     assert config.data.input_key == 'strip'
     assert config.model.num_extra == 2
-    assert {'age', 'sex', 'time', 'event'} <= set(config.data.extra_keys)
+    target = {'mortality': {'time', 'event'}}.get(arg.split(':')[0],
+                                                  {arg.split(':')[0]})
+    assert {'age', 'sex'} | target <= set(config.data.extra_keys)
   if arg == 'labels':
     assert config.model.num_outputs == 16
+  if arg.startswith('measures'):
+    assert config.task == 'regress' and config.loss.target_key == 'measures'
+    assert config.model.num_outputs == len(config.loss.target_names) == 9
+    assert len(config.loss.target_mean) == len(config.loss.target_std) == 9
+    assert 'measures' in config.data.extra_keys
   train.build_model(config)  # the kwargs fit the preset
+
+
+def test_measures_config_trains_and_reports_named_maes(tmp_path):
+  """configs/resnet.py:measures:tiny through train_and_evaluate."""
+  # pylint: disable-next=g-import-not-at-top
+  from factorecg_jax.training import writer as writer_lib
+  config = config_checks.load_config(f'{RESNET_CONFIG}:measures:tiny')
+  config.train.update(num_steps=2, eval_every=0, checkpoint_every=2)
+  config_checks.validate(config)
+  train.train_and_evaluate(config, str(tmp_path))
+  last = writer_lib.read_metrics(str(tmp_path))[-1]
+  saved = np.load(tmp_path / train.PREDICTIONS_FILE)
+  err = np.abs(saved['predictions'] - saved['targets']).mean(0)
+  for k, name in enumerate(config.loss.target_names):
+    np.testing.assert_allclose(last[f'eval/mae_{name}'], err[k], rtol=1e-4)
+    np.testing.assert_allclose(last[f'eval/mae_dim_{k:02d}'], err[k],
+                               rtol=1e-6)
+  assert np.isfinite(last['eval/r2'])
 
 
 def test_validate_takes_choices_from_the_registries():
@@ -250,6 +314,11 @@ def test_validate_takes_choices_from_the_registries():
   config = config_checks.load_config(f'{RESNET_CONFIG}:reduced_ef:tiny')
   config.loss.target_key = 'ef'
   with pytest.raises(ValueError, match="batch key 'ef'"):
+    config_checks.validate(config)
+  # Per-target settings must match the number of outputs.
+  config = config_checks.load_config(f'{RESNET_CONFIG}:measures:tiny')
+  config.model.num_outputs = 8
+  with pytest.raises(ValueError, match='target_names has 9 entries'):
     config_checks.validate(config)
 
 

@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from factorecg_jax.data import ingest
 from factorecg_jax.data import median_beat
+from factorecg_jax.data import simulator
 from factorecg_jax.data import tfds_compat
 
 # Splits over 1 GB build without TensorFlow too.
@@ -59,6 +60,23 @@ DATABASE_COLUMNS = ('ecg_id', 'patient_id', 'age', 'sex', 'scp_codes',
 STATEMENT_COLUMNS = ('diagnostic', 'diagnostic_class')
 # Largest shift (samples) when aligning a PTB-XL+ median beat to ours.
 _PLUS_MAX_LAG = 100
+# PTB-XL+ feature-table columns of simulator.MEASURE_NAMES, per algorithm
+# (features/<algorithm>_features.csv, one row per ecg_id; names as in
+# PTB-XL+ 1.0.1 feature_description.csv, values stored in bpm, ms, mV, deg).
+# None: the algorithm reports no such feature (NaN). ECGDeli has no heart
+# rate (60000 / RR_Mean_Global is used), no Bazett QTc, no axis, and an ST
+# elevation (ST_Elev) in place of 12SL's ST amplitude at J (ST_Amp).
+PLUS_FEATURE_COLUMNS = {
+    '12sl': ('HR__Global', 'PR_Int_Global', 'QRS_Dur_Global',
+             'QT_Int_Global', 'QT_IntBazett_Global', 'R_Amp_V5', 'T_Amp_V5',
+             'ST_Amp_V5', 'R_AxisFrontal_Global'),
+    'unig': ('HR__Global', 'PR_Int_Global', 'QRS_Dur_Global',
+             'QT_Int_Global', 'QT_IntBazett_Global', 'R_Amp_V5', 'T_Amp_V5',
+             'ST_Amp_V5', 'QRS_AxisFront_Global'),
+    'ecgdeli': ('RR_Mean_Global', 'PR_Int_Global', 'QRS_Dur_Global',
+                'QT_Int_Global', None, 'R_Amp_V5', 'T_Amp_V5', 'ST_Elev_V5',
+                None),
+}
 
 
 @dataclasses.dataclass
@@ -78,6 +96,11 @@ class PtbxlConfig(tfds.core.BuilderConfig):
     ptbxl_plus_pattern: a PTB-XL+ median beat record (WFDB, no extension)
       under ptbxl_plus_dir; formatted with ecg_id and folder (ecg_id
       rounded down to thousands, as PTB-XL's records500/<folder>/).
+    plus_features: '' (none) or a PTB-XL+ algorithm ('12sl', 'unig',
+      'ecgdeli'; PLUS_FEATURE_COLUMNS): store its measurements as
+      'measures' [9] (simulator.MEASURE_NAMES), NaN where missing.
+    plus_features_pattern: the feature table under ptbxl_plus_dir,
+      formatted with the algorithm.
     batch_size: records per median-beat extraction call.
     strict: raise on the first bad record instead of skipping it.
   """
@@ -88,6 +111,8 @@ class PtbxlConfig(tfds.core.BuilderConfig):
   median_beats: str = 'computed'
   ptbxl_plus_dir: str = 'ptb-xl-plus'
   ptbxl_plus_pattern: str = 'median_beats/12sl/{ecg_id:05d}_medians'
+  plus_features: str = ''
+  plus_features_pattern: str = 'features/{algorithm}_features.csv'
   batch_size: int = 64
   strict: bool = False
 
@@ -96,6 +121,7 @@ class Builder(ingest.MedianBeatBuilder,
               tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for ptbxl."""
 
+  # 'plus_measures' (1.0.0 too) is a new config; the others are unchanged.
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
@@ -109,6 +135,12 @@ class Builder(ingest.MedianBeatBuilder,
           median_beats='ptbxl_plus',
       ),
       PtbxlConfig(
+          name='plus_measures',
+          description='As default, plus the PTB-XL+ 12SL measurements '
+          "('measures', simulator.MEASURE_NAMES; NaN where missing).",
+          plus_features='12sl',
+      ),
+      PtbxlConfig(
           name='lr',
           description='100 Hz strips (records100), median beats at 500 Hz.',
           sampling_rate=100,
@@ -119,9 +151,10 @@ class Builder(ingest.MedianBeatBuilder,
   Download PTB-XL v1.0.3 from https://physionet.org/content/ptb-xl/1.0.3/
   (e.g. `wget -r -N -c -np https://physionet.org/files/ptb-xl/1.0.3/`) and
   pass the folder holding ptbxl_database.csv, scp_statements.csv and
-  records500/ as the manual directory. For the `ptbxl_plus` config, also put
-  PTB-XL+ (https://physionet.org/content/ptb-xl-plus/) into
-  <manual_dir>/ptb-xl-plus/.
+  records500/ as the manual directory. For the `ptbxl_plus` and
+  `plus_measures` configs, also put PTB-XL+
+  (https://physionet.org/content/ptb-xl-plus/) into <manual_dir>/ptb-xl-plus/
+  (its features/12sl_features.csv for `plus_measures`).
   """
   # As in synthetic_ecg: name this folder directly for README/CITATIONS.
   pkg_dir_path = epath.Path(__file__).parent
@@ -150,6 +183,13 @@ class Builder(ingest.MedianBeatBuilder,
             doc='Multi-hot diagnostic superclasses, SUPERCLASSES order.',
         ),
     }
+    if config.plus_features:
+      features['measures'] = tfds.features.Tensor(
+          shape=(simulator.NUM_MEASURES,), dtype=np.float32,
+          doc=f'PTB-XL+ {config.plus_features} measurements, '
+          'simulator.MEASURE_NAMES order and MEASURE_UNITS; NaN where not '
+          'reported.',
+      )
     features.update(self._median_beat_features())
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
@@ -169,6 +209,8 @@ class Builder(ingest.MedianBeatBuilder,
     """Returns SplitGenerators."""
     root = os.fspath(dl_manager.manual_dir)
     database, superclass_of = read_metadata(root)
+    self._measures = (read_plus_measures(root, self.builder_config)
+                      if self.builder_config.plus_features else None)
     self._report = ingest.SkippedRecords(strict=self._strict)
     return {
         split: self._generate_examples(
@@ -237,6 +279,10 @@ class Builder(ingest.MedianBeatBuilder,
       }
       if config.with_strip:
         example['strip'] = strip
+      if self._measures is not None:
+        example['measures'] = self._measures.get(
+            int(row.ecg_id),
+            np.full(simulator.NUM_MEASURES, np.nan, np.float32))
       yield int(row.ecg_id), example
     report.write(self.data_dir)
     report.warn(f'ptbxl/{config.name} {split}')
@@ -307,6 +353,52 @@ def read_metadata(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
     logging.warning('scp_statements.csv: codes outside SCP_CODES are not '
                     'stored in labels: %s', unknown)
   return database.sort_values('ecg_id'), superclass_of
+
+
+def read_plus_measures(
+    root: str, config: PtbxlConfig
+) -> dict[int, np.ndarray]:
+  """`{ecg_id: [9] float32}` from a PTB-XL+ feature table, NaN if missing.
+
+  Columns of PLUS_FEATURE_COLUMNS[config.plus_features] that the file lacks
+  give NaN for every record (with a warning); ECGDeli's heart rate is
+  60000 / RR_Mean_Global.
+
+  Raises:
+    ValueError: unknown algorithm, or a table without an ecg_id column.
+    FileNotFoundError: the table is not in the manual directory.
+  """
+  algorithm = config.plus_features
+  if algorithm not in PLUS_FEATURE_COLUMNS:
+    raise ValueError(f'plus_features={algorithm!r}: must be one of '
+                     f'{tuple(PLUS_FEATURE_COLUMNS)}.')
+  path = os.path.join(root, config.ptbxl_plus_dir,
+                      config.plus_features_pattern.format(algorithm=algorithm))
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: put PTB-XL+ into <manual_dir>/'
+        f'{config.ptbxl_plus_dir}/ for plus_features={algorithm!r}.')
+  table = pd.read_csv(path)
+  if 'ecg_id' not in table.columns:
+    raise ValueError(f'{os.path.basename(path)}: missing column ecg_id.')
+  columns = []
+  for name, column in zip(simulator.MEASURE_NAMES,
+                          PLUS_FEATURE_COLUMNS[algorithm]):
+    if column is None or column not in table.columns:
+      if column is not None:
+        logging.warning('%s: no column %s; %s is NaN.',
+                        os.path.basename(path), column, name)
+      columns.append(np.full(len(table), np.nan))
+      continue
+    values = pd.to_numeric(table[column], errors='coerce').to_numpy(
+        np.float64)
+    if column == 'RR_Mean_Global':
+      with np.errstate(divide='ignore', invalid='ignore'):
+        values = np.where(values > 0, 60000.0 / values, np.nan)
+    columns.append(values)
+  stacked = np.stack(columns, axis=1).astype(np.float32)
+  ids = pd.to_numeric(table['ecg_id'], errors='coerce')
+  return {int(i): stacked[k] for k, i in enumerate(ids) if pd.notna(i)}
 
 
 def read_plus_beat(

@@ -1,0 +1,1 @@
+"""The `deepfake_ecg` TFDS data set: DeepFake-ECG with MUSE measurements."""
