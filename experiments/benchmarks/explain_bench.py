@@ -59,7 +59,8 @@ _LENGTH = flags.DEFINE_integer('length', 600, 'Samples (600 beat, 5000 '
 _RECORDS = flags.DEFINE_integer('records', 4, 'ECGs per attribution call.')
 _SAMPLES = flags.DEFINE_integer('samples', 50, 'IG steps / SHAP and '
                                 'SmoothGrad samples.')
-_CHUNK = flags.DEFINE_integer('chunk_size', 10, 'JAX samples per pass.')
+_CHUNK = flags.DEFINE_integer(
+    'chunk_size', 0, 'JAX samples per pass (0: all at once, as Captum).')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed calls per method.')
 _EVAL_RECORDS = flags.DEFINE_integer('eval_records', 4, 'ECGs scored.')
 _EVAL_STEPS = flags.DEFINE_integer(
@@ -157,7 +158,7 @@ def main(argv):
   fn = methods.from_flax(model)
   target = jnp.arange(n, dtype=jnp.int32) % OUTPUTS
   settings = _settings(samples)
-  chunk = _CHUNK.value
+  chunk = _CHUNK.value or None
   load_start = os.getloadavg()[0]
   print(f'JAX {jax.__version__} on {jax.devices()[0].device_kind}, '
         f'{os.cpu_count()} CPUs, load {load_start:.1f}; {_PRESET.value} '
