@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from factorecg_jax.data import median_beat
+from factorecg_jax.data import simulator
 
 LEADS = ('I', 'II', 'III', 'aVR', 'aVL', 'aVF',
          'V1', 'V2', 'V3', 'V4', 'V5', 'V6')
@@ -125,6 +126,15 @@ class MedianBeatBuilder:
           doc=f'Signal [n, 12], mV, {config.sampling_rate:g} Hz.',
       )
     return features
+
+  @staticmethod
+  def _measures_feature(source: str) -> Any:
+    """The 'measures' [9] feature (simulator.MEASURE_NAMES and units)."""
+    return tfds.features.Tensor(
+        shape=(simulator.NUM_MEASURES,), dtype=np.float32,
+        doc=f'{source} measurements, simulator.MEASURE_NAMES order and '
+        'MEASURE_UNITS (bpm, ms, mV, deg); NaN where not reported.',
+    )
 
 
 def canonical_lead(name: str) -> str | None:

@@ -40,15 +40,22 @@ def run_dir(workdir: str, target: str, input_key: str) -> str:
 
 
 def resnet_config(config: ml_collections.ConfigDict, target: str,
-                  input_key: str) -> ml_collections.ConfigDict:
+                  input_key: str, *, sizes: Any = None,
+                  num_eval: int | None = None) -> ml_collections.ConfigDict:
   """The ResNet config of one comparison run, on the VAE run's population.
 
   Args:
     config: the experiment (VAE) config with `blackbox` and `downstream`.
-    target: 'reduced_ef', 'labels' or 'mortality'.
+    target: a configs/resnet.py target ('reduced_ef', 'labels',
+      'mortality', 'measures', ...).
     input_key: 'beat' or 'strip'.
+    sizes: the block with `config`, `variant`, `num_train`, `num_steps` and
+      `mortality_age_sex` (default `config.blackbox`; the explain stage
+      passes its own).
+    num_eval: validation records evaluated (default `downstream.num_test`,
+      the records the factor models are tested on).
   """
-  bb = config.blackbox
+  bb = config.blackbox if sizes is None else sizes
   path = bb.get('config', 'configs/resnet.py')
   if not os.path.isabs(path) and not os.path.exists(path):
     path = os.path.join(_ROOT, path)
@@ -62,7 +69,8 @@ def resnet_config(config: ml_collections.ConfigDict, target: str,
                   seed=config.data.get('seed', 0))
   # Evaluated on the records the factor models are tested on.
   out.data.eval_split = 'validation'
-  out.data.num_eval = int(config.downstream.num_test)
+  out.data.num_eval = int(config.downstream.num_test if num_eval is None
+                          else num_eval)
   # Sizes for this comparison (0 keeps the ResNet config's own).
   if bb.get('num_train'):
     out.data.num_train = int(bb.num_train)

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from factorecg_jax import config_checks  # pylint: disable=unused-import
 from factorecg_jax import console
 from factorecg_jax import stages
 from factorecg_jax.analysis import ranking
@@ -121,18 +120,12 @@ def resnet_config(config: ml_collections.ConfigDict
                   ) -> ml_collections.ConfigDict:
   """The measures ResNet of a VAE experiment, on the run's population."""
   ex = _settings(config)
-  bb = config.blackbox if 'blackbox' in config else ml_collections.ConfigDict()
-  probe = ml_collections.ConfigDict(config.to_dict())
-  probe.blackbox = ml_collections.ConfigDict(dict(
-      config=bb.get('config', 'configs/resnet.py'), variant=tuple(ex.variant),
-      num_train=int(ex.num_train), num_steps=int(ex.num_steps),
-      mortality_age_sex=False))
-  if 'downstream' not in probe:
-    probe.downstream = ml_collections.ConfigDict()
-  probe.downstream.num_test = max(int(ex.num_records), 1)
-  out = blackbox.resnet_config(probe, MEASURES_KEY, ex.input)
-  out.data.num_eval = max(int(out.data.num_eval), int(ex.num_records))
-  return out
+  bb = config.get('blackbox', {})
+  sizes = dict(config=bb.get('config', 'configs/resnet.py'),
+               variant=tuple(ex.variant), num_train=int(ex.num_train),
+               num_steps=int(ex.num_steps))
+  return blackbox.resnet_config(config, MEASURES_KEY, ex.input, sizes=sizes,
+                                num_eval=max(int(ex.num_records), 1))
 
 
 def _ensure_trained(config, workdir) -> str:

@@ -132,11 +132,7 @@ class Builder(ingest.MedianBeatBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
         'id': tfds.features.Text(doc='The ECG id (its .asc file name).'),
-        'measures': tfds.features.Tensor(
-            shape=(simulator.NUM_MEASURES,), dtype=np.float32,
-            doc='MUSE measurements, simulator.MEASURE_NAMES order and '
-            'MEASURE_UNITS (bpm, ms, mV, deg); NaN where not reported.',
-        ),
+        'measures': self._measures_feature('MUSE'),
     }
     features.update(self._median_beat_features())
     return self.dataset_info_from_configs(

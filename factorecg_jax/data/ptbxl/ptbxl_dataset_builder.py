@@ -184,12 +184,8 @@ class Builder(ingest.MedianBeatBuilder,
         ),
     }
     if config.plus_features:
-      features['measures'] = tfds.features.Tensor(
-          shape=(simulator.NUM_MEASURES,), dtype=np.float32,
-          doc=f'PTB-XL+ {config.plus_features} measurements, '
-          'simulator.MEASURE_NAMES order and MEASURE_UNITS; NaN where not '
-          'reported.',
-      )
+      features['measures'] = self._measures_feature(
+          f'PTB-XL+ {config.plus_features}')
     features.update(self._median_beat_features())
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
