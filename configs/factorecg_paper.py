@@ -37,6 +37,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       beta=32.0,
       fixed_sd=0.0,  # > 0: fixed output sd (mV) instead of the sd head
+      # KL weight over training: 'constant' | 'linear' (0 -> beta over
+      # kl_warmup_steps) | 'cyclical' (that ramp every kl_warmup_steps).
+      kl_schedule='constant',
+      kl_warmup_steps=0,
+      # 'beta_vae' (beta * KL) | 'beta_tcvae' (MI + beta * TC + dim-wise KL,
+      # Chen et al. 2018; dataset_size 0 = the training records read).
+      objective='beta_vae',
+      dataset_size=0,
+      mi_dw_weight=1.0,  # beta_tcvae: weight of MI and dim-wise KL
   ))
 
   config.data = input_pipeline.default_data_config()

@@ -40,7 +40,9 @@ def _registry_choices() -> dict[str, tuple[str, ...]]:
   from factorecg_jax.training import losses
   # pylint: enable=g-import-not-at-top
   return {'task': tuple(sorted(losses.TASKS)),
-          'model_name': tuple(sorted(models.MODELS))}
+          'model_name': tuple(sorted(models.MODELS)),
+          'loss.kl_schedule': losses.KL_SCHEDULES,
+          'loss.objective': losses.VAE_OBJECTIVES}
 
 
 _CHOICES = {
@@ -67,7 +69,8 @@ _NON_NEGATIVE = ('train.num_steps', 'train.num_epochs',
                  'train.eval_every', 'train.checkpoint_every',
                  'train.keep_checkpoints', 'optim.grad_clip_norm',
                  'optim.weight_decay', 'optim.warmup_steps', 'loss.beta',
-                 'loss.fixed_sd', 'model.num_extra',
+                 'loss.fixed_sd', 'loss.kl_warmup_steps',
+                 'loss.dataset_size', 'loss.mi_dw_weight', 'model.num_extra',
                  'data.num_eval', 'analysis.kl_threshold')
 
 

@@ -189,13 +189,17 @@ def stage_headline(record: dict[str, Any], workdir: str
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str, *,
-            force: bool = False, title: str = 'Run finished') -> None:
-  """`--mode=all` / `--mode=demo`: every stage in order, then a summary."""
+            force: bool = False, only=None,
+            title: str = 'Run finished') -> None:
+  """`--mode=all` / `--mode=demo`: every stage in order, then a summary.
+
+  `only`: stage names to restrict the run to (with what they require).
+  """
   from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
   from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   done = stages.run_all(config, workdir, train_fn=train.train_and_evaluate,
-                        force=force)
+                        force=force, only=only)
   rows: list[tuple[str, Any]] = [('wall time', console.format_duration(
       time.perf_counter() - t0))]
   paths: dict[str, str] = {}
@@ -206,4 +210,6 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *,
       headline, more = stage_headline(record or {}, workdir)
     rows += list(headline.items())
     paths.update(more)
+    if name == 'report' and record:  # the page to open, not its folder
+      paths['report'] = os.path.join(workdir, record['files']['html'])
   console.summary(f'{title}: results in {workdir}', rows, paths)

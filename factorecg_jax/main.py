@@ -41,6 +41,10 @@ _STAGE_MODULES = flags.DEFINE_list(
     'stage_modules', [],
     'Extra stage modules to load: dotted names or paths to .py files that '
     'register stages (factorecg_jax.stages.register).')
+_STAGES = flags.DEFINE_list(
+    'stages', None,
+    'With --mode=all/demo: run only these stages (and the stages and training '
+    'they require), e.g. --stages=evaluate for a sweep trial.')
 _FORCE = flags.DEFINE_bool(
     'force', False, "With --mode=all/demo: rerun stages that are up to date.")
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -51,6 +55,27 @@ _MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
 
 
 _RUN_ALL = ('all', 'demo')
+
+
+def _is_multiprocess(env) -> bool:
+  """Whether the environment describes one of several processes.
+
+  A count variable (SLURM_NTASKS, OMPI_COMM_WORLD_SIZE) of 1 is a single
+  process: a one-task SLURM job (e.g. a sweep worker) must not try to join
+  a cluster.
+  """
+  for key in _MULTIPROCESS_ENV:
+    value = env.get(key)
+    if not value:
+      continue
+    if key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+      try:
+        if int(value) <= 1:
+          continue
+      except ValueError:
+        pass
+    return True
+  return False
 
 
 def known_modes() -> list[str]:
@@ -65,7 +90,7 @@ def _run(mode: str, config, workdir: str) -> None:
   from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
   from factorecg_jax import stages  # pylint: disable=g-import-not-at-top
   if mode in _RUN_ALL:
-    demo.run_all(config, workdir, force=_FORCE.value,
+    demo.run_all(config, workdir, force=_FORCE.value, only=_STAGES.value,
                  title='Demo finished' if mode == 'demo' else 'Run finished')
     return
   with console.stage(mode, f'workdir {workdir}'):
@@ -89,7 +114,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     console.set_verbosity(console.DEFAULT_VERBOSITY)
   import jax  # pylint: disable=g-import-not-at-top
-  if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
+  if _is_multiprocess(os.environ):
     jax.distributed.initialize()
   config = _CONFIG.value
   # Reject bad values before any compute (unknown keys already failed).

@@ -1,11 +1,20 @@
-"""The demo config trained for real: reconstruction, factors, interventions.
+"""The demo config trained for real: reconstruction and disentanglement floors.
 
-The demo's own commands (`python -m factorecg_jax.main --config=configs/demo.py
---mode=train|encode|evaluate`) run in a subprocess on one CPU device, as
-`make demo` runs them: its training (600 of its 1,200 steps, a few CPU minutes), then the
-analysis modes, with the intervention metrics at reduced sizes.
+The demo's own command (`python -m factorecg_jax.main --config=configs/demo.py
+--mode=all`) runs in a subprocess on one CPU device, as `make demo` runs it,
+restricted to training and the encode/evaluate stages (`--stages`),
+shortened to 600 of its 1,200 steps (the same schedule shape, warm-up and
+sizes otherwise) and without the intervention scores (their own tests cover
+them). This is exactly the 600-step run of the beta sweep behind the demo's
+choice (README "A disentangled demo?"), whose values on the 2-core
+development machine give the floors (MEASURED), with margins for
+floating-point differences between machines. The demo's earlier, entangled
+setting (beta 4) measured at the same 600 steps (ENTANGLED) fails them, so a
+regression to entangled factors fails here. 400 steps are too few: beta 256
+then reaches R^2 0.57 only, its factors not formed yet.
 """
 
+import collections
 import json
 import os
 import subprocess
@@ -16,38 +25,38 @@ import pytest
 from factorecg_jax.training import writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Half the demo's 1,200 steps (its schedule, warm-up and sizes otherwise)
-# and smaller analysis sizes keep this module, the suite's longest, near
-# 6 min; `make demo` itself trains the full 1,200 steps.
-_SMALLER_ANALYSIS = (
-    '--config.train.num_steps=600',
-    '--config.train.eval_every=300',
-    '--config.analysis.num_records=500',
-    '--config.analysis.metrics_num_train=500',
-    '--config.analysis.metrics_num_test=250',
-    '--config.analysis.intervention_num_train=200',
-    '--config.analysis.intervention_num_eval=100',
-    '--config.analysis.intervention_num_variance_estimate=500',
+STEPS = 600
+_SHORT_RUN = (
+    f'--config.train.num_steps={STEPS}',
+    f'--config.train.eval_every={STEPS // 2}',
+    f'--config.train.checkpoint_every={STEPS}',
+    '--config.analysis.interventions=False',
 )
-
-
-def _main(workdir, mode):
-  # One device, like `make demo` (tests/conftest.py forces 8 for this
-  # process only).
-  env = dict(os.environ, XLA_FLAGS='')
-  r = subprocess.run(
-      [sys.executable, '-m', 'factorecg_jax.main', '--config=configs/demo.py',
-       f'--workdir={workdir}', f'--mode={mode}', *_SMALLER_ANALYSIS],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-  assert r.returncode == 0, r.stderr[-4000:]
-  return r
+# 2026-12-02, 2-core machine: configs/demo.py (beta 256, fixed sd 0.05) with
+# these overrides, and --config.loss.beta=4 with the same (not asserted;
+# the floors below lie between the two).
+MEASURED = dict(r2=0.819, mig=0.0226, dci=0.744, distinct=15, top_repeat=5)
+ENTANGLED = dict(r2=0.888, mig=0.0110, dci=0.749, distinct=10, top_repeat=14)
 
 
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('demo_run'))
-  _main(workdir, 'train')
+  # One device, like `make demo` (tests/conftest.py forces 8 for this
+  # process only).
+  env = dict(os.environ, XLA_FLAGS='')
+  r = subprocess.run(
+      [sys.executable, '-m', 'factorecg_jax.main', '--config=configs/demo.py',
+       f'--workdir={workdir}', '--mode=all', '--stages=encode,evaluate',
+       *_SHORT_RUN],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+  assert r.returncode == 0, r.stderr[-4000:]
   return workdir
+
+
+def _read(workdir, *parts):
+  with open(os.path.join(workdir, *parts)) as f:
+    return json.load(f)
 
 
 def test_training_loss_falls_and_reconstruction_generalises(demo_run):
@@ -56,27 +65,24 @@ def test_training_loss_falls_and_reconstruction_generalises(demo_run):
   assert len(losses) >= 3
   assert losses[-1] < losses[0] - 0.3 * abs(losses[0])
   evals = [r for r in rows if 'eval/r2' in r]
-  with open(os.path.join(demo_run, 'config.json')) as f:
-    num_steps = json.load(f)['train']['num_steps']
-  assert evals[-1]['step'] == num_steps
-  # Held-out simulated beats (the validation split, noisy beats whose noise
-  # alone caps R^2 at ~0.98): the demo reaches 0.95 at 1,200 steps and
-  # 0.90 at 600 (measured), the floor here.
-  assert evals[-1]['eval/r2'] >= 0.88, evals[-1]['eval/r2']
+  assert evals[-1]['step'] == STEPS
   assert evals[-1]['eval/r2'] > evals[0]['eval/r2']
+  # Held-out simulated beats (noise alone caps R^2 at ~0.98).
+  assert evals[-1]['eval/r2'] >= MEASURED['r2'] - 0.03, evals[-1]['eval/r2']
 
 
-def test_factors_and_intervention_metrics_of_the_trained_demo_vae(demo_run):
-  _main(demo_run, 'encode')
-  with open(os.path.join(demo_run, 'factors', 'summary.json')) as f:
-    summary = json.load(f)
-  assert 1 <= summary['scalars']['num_active'] <= 32
-  _main(demo_run, 'evaluate')
-  with open(os.path.join(demo_run, 'disentanglement', 'metrics.json')) as f:
-    result = json.load(f)
+def test_factors_are_disentangled_beyond_the_entangled_setting(demo_run):
+  result = _read(demo_run, 'disentanglement', 'metrics.json')
   scores = result['scores']
-  chance = result['settings']['intervention_chance']  # 1 / num factors
-  # A trained encoder tells fixed factors apart far better than chance.
-  assert scores['beta_vae_eval_accuracy'] > chance + 0.2
-  assert scores['factor_vae_eval_accuracy'] > chance + 0.1
-  assert 0.0 <= scores['mig'] <= 1.0
+  # DCI with the lasso importances (settings.importance).
+  assert result['settings']['importance'] == 'lasso'
+  # Floors between the two measured settings.
+  assert scores['mig'] >= 0.8 * MEASURED['mig'], scores['mig']
+  assert scores['dci_disentanglement'] >= MEASURED['dci'] - 0.05
+  names = collections.Counter(b['label'] for b in result['best'])
+  # More distinct names, fewer copies of the commonest one, than beta 4.
+  assert len(names) >= MEASURED['distinct'] - 2, names
+  assert max(names.values()) <= MEASURED['top_repeat'] + 2, names
+  encode = _read(demo_run, 'factors', 'summary.json')
+  assert 1 <= encode['scalars']['num_active'] <= 32
+

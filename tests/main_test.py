@@ -139,3 +139,12 @@ def test_verbosity_flag_brings_library_logs_back(tmp_path):
              if 'xla_bridge.py' in line]
   assert library, r.stderr[-3000:]
   assert '[simulate] done in' in r.stdout
+
+
+def test_one_task_slurm_job_is_a_single_process():
+  from factorecg_jax import main  # pylint: disable=g-import-not-at-top
+  assert not main._is_multiprocess({})  # pylint: disable=protected-access
+  assert not main._is_multiprocess({'SLURM_NTASKS': '1'})  # pylint: disable=protected-access
+  assert main._is_multiprocess({'SLURM_NTASKS': '4'})  # pylint: disable=protected-access
+  assert main._is_multiprocess({'JAX_COORDINATOR_ADDRESS': 'h:1234'})  # pylint: disable=protected-access
+  assert not main._is_multiprocess({'OMPI_COMM_WORLD_SIZE': '1'})  # pylint: disable=protected-access

@@ -76,6 +76,11 @@ class Stage:
     description: one line for `--help` and the report.
     applies: `applies(config) -> bool`; `--mode=all` skips a stage that
       does not apply (e.g. VAE factor stages for a ResNet run).
+    always: run in `--mode=all` even when its fingerprint is unchanged (a
+      cheap stage that reads every other stage's outputs, e.g. the report).
+    sections: the top-level config entries its outputs depend on (None:
+      the whole config). A stage that needs no trained model (the black-box
+      ResNets) names its own, so changing the VAE's loss keeps it up to date.
   """
 
   name: str
@@ -85,6 +90,8 @@ class Stage:
   folder: str = ''
   description: str = ''
   applies: Callable[[ml_collections.ConfigDict], bool] | None = None
+  always: bool = False
+  sections: tuple[str, ...] | None = None
 
   @property
   def out_dir(self) -> str:
@@ -100,7 +107,9 @@ STAGES: dict[str, Stage] = {}
 def register(name: str, *, requires: Sequence[str] = (TRAIN,),
              order: int = 100, folder: str = '', description: str = '',
              applies: Callable[[ml_collections.ConfigDict], bool]
-             | None = None) -> Callable[[RunFn], RunFn]:
+             | None = None, always: bool = False,
+             sections: Sequence[str] | None = None
+             ) -> Callable[[RunFn], RunFn]:
   """Decorator registering `run(config, workdir)` as stage `name`.
 
   Registering a name twice replaces the earlier stage (a user's file may
@@ -112,7 +121,10 @@ def register(name: str, *, requires: Sequence[str] = (TRAIN,),
   def wrap(fn: RunFn) -> RunFn:
     STAGES[name] = Stage(name=name, run=fn, requires=tuple(requires),
                          order=order, folder=folder,
-                         description=description, applies=applies)
+                         description=description, applies=applies,
+                         always=always,
+                         sections=None if sections is None
+                         else tuple(sections))
     return fn
 
   return wrap
@@ -254,8 +266,11 @@ def fingerprint(stage: Stage, config: ml_collections.ConfigDict,
     elif name in STAGES:
       saved = read_summary(workdir, name) or {}
       upstream[name] = saved.get('fingerprint')
-  blob = json.dumps(dict(stage=stage.name, config=_json_normal(
-      config.to_dict()), upstream=upstream), sort_keys=True)
+  values = _json_normal(config.to_dict())
+  if stage.sections is not None:
+    values = {k: values.get(k) for k in stage.sections}
+  blob = json.dumps(dict(stage=stage.name, config=values, upstream=upstream),
+                    sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -305,19 +320,44 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str
   return record
 
 
+def with_requirements(names: Sequence[str]) -> set[str]:
+  """`names` and every stage (or 'train') they need, transitively.
+
+  Raises:
+    KeyError: for an unknown stage name (the message lists the known ones).
+  """
+  out: set[str] = set()
+  todo = list(names)
+  while todo:
+    name = todo.pop()
+    if name in out:
+      continue
+    if name != TRAIN and name not in STAGES:
+      raise KeyError(f'Unknown stage {name!r}; known: {sorted(STAGES)}.')
+    out.add(name)
+    if name != TRAIN:
+      todo.extend(STAGES[name].requires)
+  return out
+
+
 def run_all(config: ml_collections.ConfigDict, workdir: str, *,
             train_fn: Callable[[ml_collections.ConfigDict, str], Any],
-            force: bool = False) -> list[tuple[str, Any]]:
+            force: bool = False, only: Sequence[str] | None = None
+            ) -> list[tuple[str, Any]]:
   """Every applicable stage and training, in order; up-to-date ones skip.
 
   Stages that need nothing (`requires=()`, e.g. the simulated-data summary)
-  come first, then training, then the others by `order`.
+  come first, then training, then the others by `order`. Stages marked
+  `always` (the report) run every time.
 
   Args:
     config: the experiment config.
     workdir: run directory.
     train_fn: `train_fn(config, workdir)`, run unless `training_complete`.
     force: rerun everything, even what is up to date.
+    only: if given, just these stages (and what they require, e.g. a sweep
+      trial's `('evaluate',)` runs training and the evaluate stage); the
+      name 'train' alone trains.
 
   Returns:
     [(name, summary)] for every stage (skipped ones give their saved
@@ -326,6 +366,9 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *,
   applicable = ordered(config)
   plan = ([s for s in applicable if not s.requires] + [TRAIN]
           + [s for s in applicable if s.requires])
+  if only is not None:
+    wanted = with_requirements(only)
+    plan = [p for p in plan if (p if p == TRAIN else p.name) in wanted]
   done = []
   for i, item in enumerate(plan):
     name = item if item == TRAIN else item.name
@@ -338,7 +381,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *,
         with console.stage(label):
           train_fn(config, workdir)
       done.append((TRAIN, None))
-    elif not force and is_up_to_date(item, config, workdir):
+    elif not force and not item.always and is_up_to_date(item, config,
+                                                          workdir):
       console.info(f'[{label}] up to date, skipped')
       done.append((name, read_summary(workdir, item)))
     else:

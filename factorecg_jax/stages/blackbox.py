@@ -72,17 +72,19 @@ def resnet_config(config: ml_collections.ConfigDict, target: str,
   out.data.num_eval = int(config.downstream.num_test if num_eval is None
                           else num_eval)
   # Sizes for this comparison (0 keeps the ResNet config's own).
+  # `sizes` may be a ConfigDict or a plain dict (the explain stage's).
   if bb.get('num_train'):
-    out.data.num_train = int(bb.num_train)
+    out.data.num_train = int(bb['num_train'])
   if bb.get('num_steps'):
-    out.train.num_steps = int(bb.num_steps)
-    out.train.eval_every = min(int(out.train.eval_every), int(bb.num_steps))
-    out.train.checkpoint_every = min(int(out.train.checkpoint_every),
-                                     int(bb.num_steps))
+    steps = int(bb['num_steps'])
+    out.train.num_steps = steps
+    out.train.eval_every = min(int(out.train.eval_every), steps)
+    out.train.checkpoint_every = min(int(out.train.checkpoint_every), steps)
   return out
 
 
 @stages.register('blackbox', requires=(), order=50, folder=FOLDER,
+                 sections=('seed', 'data', 'blackbox', 'downstream'),
                  applies=applies,
                  description='black-box ResNets on beats and strips')
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ def _has_simulate_block(config: ml_collections.ConfigDict) -> bool:
 
 
 @stages.register('simulate', requires=(), order=0, folder='simulated',
+                 sections=('seed', 'simulate'),
                  applies=_has_simulate_block,
                  description='example ECGs, labels, EF and survival')
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -147,6 +147,85 @@ def _output_sd(aux: Mapping[str, jax.Array], fixed_sd: float) -> jax.Array:
   return aux['recon_sd']
 
 
+KL_SCHEDULES = ('constant', 'linear', 'cyclical')
+VAE_OBJECTIVES = ('beta_vae', 'beta_tcvae')
+
+
+def kl_weight(step: jax.Array | int | None, beta: float, *,
+              schedule: str = 'constant', warmup_steps: int = 0
+              ) -> jax.Array:
+  """The KL weight at a training step.
+
+  'constant': `beta` throughout. 'linear': from 0 to `beta` over the first
+  `warmup_steps` steps (Bowman et al. 2016), then `beta`. 'cyclical': the
+  linear ramp repeated every `warmup_steps` steps, rising over the first
+  half of each cycle and holding `beta` for the second (Fu et al. 2019,
+  R = 0.5).
+
+  Args:
+    step: the optimizer step (None: `beta`, e.g. in evaluation).
+    beta: the full KL weight.
+    schedule: one of `KL_SCHEDULES`.
+    warmup_steps: ramp (linear) or cycle (cyclical) length in steps.
+
+  Raises:
+    ValueError: for an unknown schedule.
+  """
+  if schedule not in KL_SCHEDULES:
+    raise ValueError(f'Unknown kl_schedule {schedule!r}; known: '
+                     f'{", ".join(KL_SCHEDULES)}.')
+  if step is None or schedule == 'constant' or warmup_steps <= 0:
+    return jnp.asarray(beta, jnp.float32)
+  step = jnp.asarray(step, jnp.float32)
+  if schedule == 'linear':
+    ramp = step / warmup_steps
+  else:
+    ramp = jnp.mod(step, warmup_steps) / (0.5 * warmup_steps)
+  return beta * jnp.clip(ramp, 0.0, 1.0)
+
+
+def _log_normal(z: jax.Array, mu: jax.Array, sd: jax.Array) -> jax.Array:
+  return (-0.5 * np.log(2 * np.pi) - jnp.log(sd)
+          - 0.5 * jnp.square((z - mu) / sd))
+
+
+def tc_decomposition(z: jax.Array, mu: jax.Array, sd: jax.Array,
+                     mask: jax.Array, dataset_size: int
+                     ) -> dict[str, jax.Array]:
+  """The KL term split as in beta-TC-VAE (Chen et al. 2018, NeurIPS).
+
+  E_x KL(q(z|x) || p(z)) = index-code MI + total correlation + dimension-wise
+  KL, each estimated on the batch with minibatch-weighted sampling (their
+  eq. 4): log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M), with the
+  padding rows (mask 0) left out of both the sum and M.
+
+  Args:
+    z: [batch, latents] posterior samples, one per row.
+    mu, sd: [batch, latents] posterior parameters.
+    mask: [batch] 1 for real rows.
+    dataset_size: N, the number of training records.
+
+  Returns:
+    {'mi', 'tc', 'dw_kl'}: scalars (mask-weighted means over the batch).
+  """
+  z, mu, sd = (a.astype(jnp.float32) for a in (z, mu, sd))
+  sd = jnp.clip(sd, *SD_CLIP)
+  # [i, j, d]: log q(z_i,d | x_j).
+  pairwise = _log_normal(z[:, None, :], mu[None, :, :], sd[None, :, :])
+  m = jnp.maximum(jnp.sum(mask), 1.0)
+  log_nm = jnp.log(dataset_size * m)
+  col = jnp.where(mask[None, :, None] > 0, 0.0, -jnp.inf)
+  log_qz = jax.nn.logsumexp(jnp.sum(pairwise, axis=2) + col[..., 0],
+                            axis=1) - log_nm
+  log_prod_qz = jnp.sum(jax.nn.logsumexp(pairwise + col, axis=1) - log_nm,
+                        axis=1)
+  log_qz_x = jnp.sum(_log_normal(z, mu, sd), axis=1)
+  log_pz = jnp.sum(_log_normal(z, 0.0, 1.0), axis=1)
+  return dict(mi=_masked_mean(log_qz_x - log_qz, mask),
+              tc=_masked_mean(log_qz - log_prod_qz, mask),
+              dw_kl=_masked_mean(log_prod_qz - log_pz, mask))
+
+
 def vae_loss(
     params: Params,
     batch: Batch,
@@ -160,12 +239,23 @@ def vae_loss(
     mu_clip: float = MU_CLIP,
     sd_clip: tuple[float, float] = SD_CLIP,
     fixed_sd: float = 0.0,
+    kl_schedule: str = 'constant',
+    kl_warmup_steps: int = 0,
+    objective: str = 'beta_vae',
+    dataset_size: int = 0,
+    mi_dw_weight: float = 1.0,
+    step: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], ModelState]]:
   """FactorECG training loss: mean NLL + beta * mean KL over real rows.
 
-  With an all-ones mask this is ecgxai's
+  With an all-ones mask and the defaults this is ecgxai's
   `CombinedLoss([GaussianVAEReconLoss('mean'), KLDivergence('mean',
-  std_is_log=False)], ['+'], [1, beta])`.
+  std_is_log=False)], ['+'], [1, beta])`. `objective='beta_tcvae'` replaces
+  the KL term by a * MI + beta * TC + a * dimension-wise KL
+  (`tc_decomposition`; Chen et al. 2018 use a = `mi_dw_weight` = 1, which
+  presumes a likelihood in nats of the data; with a fixed output sd the
+  likelihood's scale is arbitrary and a sets how hard unused latents are
+  pruned); the KL schedule scales beta (`kl_weight`).
 
   Args:
     params: the model's 'params' collection.
@@ -183,13 +273,32 @@ def vae_loss(
       decoder's sd head: a scaled MSE. The learned-sd likelihood of the paper
       first shrinks the sd where the beat is flat and learns the mean slowly;
       short CPU runs (configs/demo.py) fit the mean far sooner this way.
+    kl_schedule: 'constant', 'linear' or 'cyclical' (`kl_weight`).
+    kl_warmup_steps: the schedule's ramp or cycle length in steps.
+    objective: 'beta_vae' (beta * KL) or 'beta_tcvae' (MI + beta * TC +
+      dimension-wise KL).
+    dataset_size: N of the beta-TC-VAE estimator (the training loop fills it
+      from the data when 0).
+    mi_dw_weight: beta-TC-VAE's weight of the MI and dimension-wise KL terms
+      (Chen et al.'s alpha = gamma).
+    step: the optimizer step (the training loop passes it).
 
   Returns:
     `(loss, (metrics, model_state))`: scalar loss; metrics 'nll', 'kl'
     (summed over latents), 'mse' (per sample), 'recon_sd' and 'post_sd'
-    (mean sds), all mask-weighted means over the batch; the VAE has no
-    mutable state, so `model_state` comes back unchanged.
+    (mean sds), 'kl_weight', and for beta-TC-VAE 'mi', 'tc', 'dw_kl', all
+    mask-weighted means over the batch; the VAE has no mutable state, so
+    `model_state` comes back unchanged.
+
+  Raises:
+    ValueError: for an unknown objective or schedule, or a beta-TC-VAE
+      without a dataset size.
   """
+  if objective not in VAE_OBJECTIVES:
+    raise ValueError(f'Unknown loss.objective {objective!r}; known: '
+                     f'{", ".join(VAE_OBJECTIVES)}.')
+  weight = kl_weight(step, beta, schedule=kl_schedule,
+                     warmup_steps=kl_warmup_steps)
   model_state = dict(model_state or {})
   x = batch['ecg']
   mask = _batch_mask(batch)
@@ -208,7 +317,6 @@ def vae_loss(
   )
   mean_nll = _masked_mean(nll, mask)
   mean_kl = _masked_mean(kl, mask)
-  loss = mean_nll + beta * mean_kl
   per_row = lambda v: jnp.mean(v.reshape(v.shape[0], -1), axis=1)  # noqa: E731
   metrics = dict(
       nll=mean_nll,
@@ -216,7 +324,19 @@ def vae_loss(
       mse=_masked_mean(mse, mask),
       recon_sd=_masked_mean(per_row(aux['recon_sd']), mask),
       post_sd=_masked_mean(per_row(aux['sd']), mask),
+      kl_weight=weight,
   )
+  if objective == 'beta_tcvae':
+    if dataset_size <= 0:
+      raise ValueError('loss.objective=beta_tcvae needs loss.dataset_size '
+                       '(the number of training records).')
+    parts = tc_decomposition(aux['z'], aux['mu'], aux['sd'], mask,
+                             dataset_size)
+    metrics.update(parts)
+    loss = (mean_nll + mi_dw_weight * (parts['mi'] + parts['dw_kl'])
+            + weight * parts['tc'])
+  else:
+    loss = mean_nll + weight * mean_kl
   return loss, (metrics, model_state)
 
 
@@ -232,8 +352,12 @@ def vae_eval(
     mu_clip: float = MU_CLIP,
     sd_clip: tuple[float, float] = SD_CLIP,
     fixed_sd: float = 0.0,
+    **unused_training_settings: Any,
 ) -> dict[str, jax.Array]:
   """Per-example VAE evaluation with z = mu (deterministic).
+
+  The reported 'loss' is NLL + beta * KL with the full beta (no schedule);
+  the training-only settings (`kl_schedule`, `objective`, ...) are ignored.
 
   Args:
     params: the model's 'params' collection.

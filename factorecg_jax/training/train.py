@@ -16,6 +16,8 @@ resumed run is bit-identical to an uninterrupted one.
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
+import inspect
 import itertools
 import json
 import math
@@ -67,6 +69,7 @@ def train_step(
     loss_fn: Callable[..., tuple[jax.Array, tuple[Mapping[str, jax.Array],
                                                   Mapping[str, Any]]]],
     learning_rate_fn: optax.Schedule | None = None,
+    pass_step: bool = False,
 ) -> tuple[TrainState, Metrics]:
   """One optimizer step on a global batch; pure, jitted once by the caller.
 
@@ -82,6 +85,8 @@ def train_step(
       global (no cross-device reduction needed). `new_model_state`'s
       'batch_stats' (if any) replace the state's.
     learning_rate_fn: optional schedule, logged as `learning_rate`.
+    pass_step: call `loss_fn(..., step=state.step)` (losses with a
+      schedule, e.g. the VAE's KL warm-up).
 
   Returns:
     `(new_state, metrics)`; metrics is a flat dict of scalars: the task's
@@ -91,8 +96,11 @@ def train_step(
   """
   step_rng = jax.random.fold_in(rng, state.step)
 
+  extra = dict(step=state.step) if pass_step else {}
+
   def objective(params):
-    return loss_fn(params, batch, step_rng, model_state=state.model_state)
+    return loss_fn(params, batch, step_rng, model_state=state.model_state,
+                   **extra)
 
   (loss, (aux, new_model_state)), grads = jax.value_and_grad(
       objective, has_aux=True
@@ -337,6 +345,24 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str):
                   '\n'.join(lines))
 
 
+# Distributions whose versions a run records besides the JAX stack.
+RECORDED_PACKAGES = ('tensorflow-datasets', 'array-record', 'ml-collections',
+                     'scipy', 'scikit-learn', 'lifelines', 'scikit-survival',
+                     'statsmodels', 'xgboost-cpu', 'xgboost', 'matplotlib',
+                     'optuna', 'tensorboardX')
+
+
+def package_versions(names=RECORDED_PACKAGES) -> dict[str, str]:
+  """Installed versions of `names` (absent ones are left out)."""
+  out = {}
+  for name in names:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return out
+
+
 def _run_info(config: ml_collections.ConfigDict, mesh, start_step) -> dict:
   """What, besides the config, is needed to reproduce the run."""
   device = jax.devices()[0]
@@ -359,6 +385,7 @@ def _run_info(config: ml_collections.ConfigDict, mesh, start_step) -> dict:
           'optax': optax.__version__,
           'orbax_checkpoint': getattr(ocp, '__version__', 'unknown'),
           'numpy': np.__version__,
+          **package_versions(),
       },
       'devices': {
           'platform': device.platform,
@@ -613,6 +640,11 @@ def train_and_evaluate(
 
   # Optimizer, and the loss settings shared by the task's loss and eval.
   loss_kwargs = config.loss.to_dict() if 'loss' in config else {}
+  if 'dataset_size' in loss_kwargs and not loss_kwargs['dataset_size']:
+    # beta-TC-VAE's estimator needs N: the training records actually read.
+    loss_kwargs['dataset_size'] = int((data_info or {}).get('num_train', 0))
+  # A loss with a `step` argument (the VAE's KL schedule) gets the step.
+  pass_step = 'step' in inspect.signature(task.loss_fn).parameters
   learning_rate_fn = state_lib.create_learning_rate_fn(config.optim, num_steps)
   tx = state_lib.create_optimizer(config.optim, learning_rate_fn)
 
@@ -640,7 +672,7 @@ def train_and_evaluate(
       functools.partial(
           train_step,
           loss_fn=functools.partial(task.loss_fn, model=model, **loss_kwargs),
-          learning_rate_fn=learning_rate_fn,
+          learning_rate_fn=learning_rate_fn, pass_step=pass_step,
       ),
       in_shardings=(state_sharding, rows, repl),
       out_shardings=(state_sharding, repl),

@@ -1,11 +1,14 @@
-"""Run-directory writer: metrics as JSON lines, the run description as JSON.
+"""Run-directory writer: metrics as JSON lines and TensorBoard events.
 
 Keeps the names of clu's `MetricWriter` (`write_scalars`, `write_hparams`,
 `flush`, `close`) without importing clu (its TensorBoard writer needs
 TensorFlow). `<workdir>/metrics.jsonl` gets one JSON object per logged step,
-`{"step": 100, "train/loss": ...}`; `<workdir>/config.json` gets the hparams.
-Only process 0 writes files (the others are clu's `just_logging`
-writers), so many hosts sharing a workdir never race on a file.
+`{"step": 100, "train/loss": ...}`; the same scalars go to TensorBoard event
+files in the workdir (tensorboardX, no TensorFlow), so `tensorboard --logdir`
+on a run, or on a sweep's `trials/` folder, plots them; `<workdir>/config.json`
+gets the hparams. Only process 0 writes files (the others are clu's
+`just_logging` writers), so many hosts sharing a workdir never race on a
+file.
 """
 
 import json
@@ -42,12 +45,21 @@ class MetricWriter:
       but process 0.
   """
 
-  def __init__(self, workdir: str, *, just_logging: bool | None = None):
+  def __init__(self, workdir: str, *, just_logging: bool | None = None,
+               tensorboard: bool = True):
     self.workdir = workdir
     if just_logging is None:
       just_logging = jax.process_index() != 0
     self.just_logging = just_logging
     self._file = None
+    self._tb = None
+    if not just_logging and tensorboard:
+      try:
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self._tb = tensorboardX.SummaryWriter(logdir=workdir, flush_secs=30)
+      except ImportError:
+        logging.warning('tensorboardX is not installed: no TensorBoard '
+                        'event files (metrics.jsonl is still written).')
     if not just_logging:
       os.makedirs(workdir, exist_ok=True)
       # Append: a resumed run continues the same file (rows after the last
@@ -69,6 +81,11 @@ class MetricWriter:
       # NaN/Inf are written as JSON's common NaN/Infinity extension; the
       # loop raises right after logging them.
       self._file.write(json.dumps(row, allow_nan=True) + '\n')
+    if self._tb is not None:
+      for key, value in row.items():
+        if key != 'step' and isinstance(value, (int, float)) and not (
+            isinstance(value, bool)):
+          self._tb.add_scalar(key, value, global_step=int(step))
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """Writes `hparams` (nested dict) to `<workdir>/config.json`."""
@@ -79,12 +96,18 @@ class MetricWriter:
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
       json.dump(_to_python(hparams), f, indent=2, sort_keys=True)
     os.replace(path + '.tmp', path)
+    if self._tb is not None:
+      text = json.dumps(_to_python(hparams), indent=2, sort_keys=True)
+      # Markdown code block: TensorBoard's text tab shows the run's config.
+      self._tb.add_text('config', '    ' + text.replace('\n', '\n    '))
 
   def flush(self) -> None:
     """Flushes buffered rows to disk."""
     if self._file is not None:
       self._file.flush()
       os.fsync(self._file.fileno())
+    if self._tb is not None:
+      self._tb.flush()
 
   def close(self) -> None:
     """Flushes and closes the file; further writes are errors."""
@@ -92,6 +115,9 @@ class MetricWriter:
       self.flush()
       self._file.close()
       self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

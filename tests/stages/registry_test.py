@@ -132,6 +132,47 @@ def test_run_all_skips_what_is_up_to_date(toy_stages, tmp_path):
   assert toy_stages[8:] == ['train', 'toy_a', 'toy_b']
 
 
+def test_only_runs_named_stages_and_their_requirements(toy_stages, tmp_path):
+  workdir = str(tmp_path)
+  config = _config()
+  train = _fake_train(toy_stages)
+  assert stages.with_requirements(['toy_b']) == {'toy_b', 'toy_a',
+                                                 stages.TRAIN}
+  with pytest.raises(KeyError, match='toy_c'):
+    stages.with_requirements(['toy_c'])
+  done = stages.run_all(config, workdir, train_fn=train, only=['toy_a'])
+  assert toy_stages == ['train', 'toy_a']
+  assert [name for name, _ in done] == ['train', 'toy_a']
+  stages.run_all(config, workdir, train_fn=train, only=['train'])
+  assert toy_stages == ['train', 'toy_a']  # trained already: skipped
+
+
+def test_sections_limit_what_a_stage_depends_on(tmp_path):
+  calls = []
+
+  @stages.register('toy_free', requires=(), order=1,
+                   sections=('seed', 'analysis'))
+  def run_free(config, workdir):
+    calls.append(config.analysis.scale)
+    return stages.summary(scalars={'scale': config.analysis.scale})
+
+  try:
+    workdir = str(tmp_path)
+    config = _config()
+    train = _fake_train([])
+    stages.run_all(config, workdir, train_fn=train, only=['toy_free'])
+    # A training setting outside its sections: still up to date.
+    config.train.num_steps = 7
+    stages.run_all(config, workdir, train_fn=train, only=['toy_free'])
+    assert calls == [2.0]
+    # One of its sections changed: it reruns.
+    config.analysis.scale = 4.0
+    stages.run_all(config, workdir, train_fn=train, only=['toy_free'])
+    assert calls == [2.0, 4.0]
+  finally:
+    del stages.STAGES['toy_free']
+
+
 def test_training_complete_resolves_epochs(tmp_path):
   config = _config()
   _fake_train([])(config, str(tmp_path))

@@ -273,5 +273,98 @@ class VAELossTest(absltest.TestCase):
     self.assertIs(task.summarize_fn, losses.vae_summarize)
 
 
+class KLScheduleAndTCTest(absltest.TestCase):
+
+  def test_kl_weight_schedules(self):
+    w = lambda step, **kw: float(losses.kl_weight(step, 4.0, **kw))  # noqa: E731
+    self.assertEqual(w(0), 4.0)
+    self.assertEqual(w(None, schedule='linear', warmup_steps=100), 4.0)
+    self.assertEqual(w(0, schedule='linear', warmup_steps=100), 0.0)
+    self.assertAlmostEqual(w(25, schedule='linear', warmup_steps=100), 1.0)
+    self.assertEqual(w(500, schedule='linear', warmup_steps=100), 4.0)
+    # Cyclical: ramps over the first half of each 100-step cycle.
+    self.assertAlmostEqual(w(125, schedule='cyclical', warmup_steps=100),
+                           2.0)
+    self.assertEqual(w(175, schedule='cyclical', warmup_steps=100), 4.0)
+    self.assertEqual(w(200, schedule='cyclical', warmup_steps=100), 0.0)
+    with self.assertRaisesRegex(ValueError, 'kl_schedule'):
+      losses.kl_weight(0, 1.0, schedule='warm')
+
+  def test_tc_decomposition_adds_up_and_sees_correlation(self):
+    rng = np.random.default_rng(0)
+    n, d = 128, 4
+    sd = jnp.full((n, d), 0.2)
+    independent = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    shared = rng.normal(size=(n, 1))
+    correlated = jnp.asarray(shared + 0.05 * rng.normal(size=(n, d)),
+                             jnp.float32)
+    noise = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    mask = jnp.ones(n)
+    tc = {}
+    for size in (1, 10_000):
+      for name, mu in (('independent', independent),
+                       ('correlated', correlated)):
+        z = mu + sd * noise
+        parts = losses.tc_decomposition(z, mu, sd, mask, size)
+        # MI + TC + dimension-wise KL = E[log q(z|x) - log p(z)] exactly.
+        log_q = np.sum(-0.5 * np.log(2 * np.pi) - np.log(0.2)
+                       - 0.5 * np.square(noise), axis=1)
+        log_p = np.sum(-0.5 * np.log(2 * np.pi) - 0.5 * np.square(z),
+                       axis=1)
+        np.testing.assert_allclose(
+            float(parts['mi'] + parts['tc'] + parts['dw_kl']),
+            np.mean(log_q - log_p), rtol=1e-4)
+        tc[name, size] = float(parts['tc'])
+    # Latents that move together have a larger total correlation; the data
+    # set size N only shifts the estimate by a constant ((D - 1) log N).
+    gap = tc['correlated', 1] - tc['independent', 1]
+    self.assertGreater(gap, 1.5)
+    self.assertAlmostEqual(
+        tc['correlated', 10_000] - tc['independent', 10_000], gap, delta=1e-3)
+    self.assertAlmostEqual(tc['independent', 10_000] - tc['independent', 1],
+                           (d - 1) * np.log(10_000), delta=1e-2)
+    # Padding rows are left out of the estimate.
+    z = independent + sd * noise
+    half = losses.tc_decomposition(z[:64], independent[:64], sd[:64],
+                                   jnp.ones(64), 10_000)
+    padded = losses.tc_decomposition(
+        z, independent, sd, jnp.concatenate([jnp.ones(64), jnp.zeros(64)]),
+        10_000)
+    for key in half:
+      np.testing.assert_allclose(padded[key], half[key], rtol=1e-5)
+
+  def test_beta_tcvae_loss_and_schedule_in_the_vae_loss(self):
+    model = vae._TinyVAE()
+    rng = np.random.default_rng(1)
+    ecg = jnp.asarray(rng.normal(size=(8, 600, 12)), jnp.float32)
+    params = _tiny_params(model, ecg)
+    key = jax.random.key(3)
+    loss = jax.jit(functools.partial(
+        losses.vae_loss, model=model, beta=6.0, objective='beta_tcvae',
+        dataset_size=1000))
+    value, (metrics, _) = loss(params, {'ecg': ecg}, key, step=0)
+    self.assertAlmostEqual(
+        float(value), float(metrics['nll'] + metrics['mi']
+                            + 6.0 * metrics['tc'] + metrics['dw_kl']),
+        delta=1e-3 * abs(float(value)))
+    grads = jax.grad(lambda p: loss(p, {'ecg': ecg}, key, step=0)[0])(params)
+    self.assertTrue(all(np.all(np.isfinite(g))
+                        for g in jax.tree.leaves(grads)))
+    warm = functools.partial(losses.vae_loss, model=model, beta=6.0,
+                             kl_schedule='linear', kl_warmup_steps=10)
+    early, (m0, _) = warm(params, {'ecg': ecg}, key, step=0)
+    late, (m1, _) = warm(params, {'ecg': ecg}, key, step=10)
+    self.assertEqual(float(m0['kl_weight']), 0.0)
+    self.assertEqual(float(m1['kl_weight']), 6.0)
+    np.testing.assert_allclose(early, m0['nll'], rtol=1e-6)
+    np.testing.assert_allclose(late, m1['nll'] + 6.0 * m1['kl'], rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, 'dataset_size'):
+      losses.vae_loss(params, {'ecg': ecg}, key, model=model,
+                      objective='beta_tcvae')
+    with self.assertRaisesRegex(ValueError, 'objective'):
+      losses.vae_loss(params, {'ecg': ecg}, key, model=model,
+                      objective='factor_vae')
+
+
 if __name__ == '__main__':
   absltest.main()

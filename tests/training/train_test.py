@@ -229,7 +229,11 @@ def test_default_components_vae(tmp_path):
       latents=4, channels=8, depth=2, kernel_size=3, reduced_size=8,
       decoder_in_channels=4, head='conv', padding='left',
   ))
-  config.loss = ml_collections.ConfigDict({'beta': 4.0})
+  # beta-TC-VAE with a linear KL warm-up: the loop passes the step and the
+  # data set size.
+  config.loss = ml_collections.ConfigDict(dict(
+      beta=4.0, kl_schedule='linear', kl_warmup_steps=2,
+      objective='beta_tcvae', dataset_size=0))
   config.data = input_pipeline.default_data_config()
   config.data.update(dict(
       num_train=16, num_eval=8, normalization='none', prefetch=2
@@ -238,12 +242,47 @@ def test_default_components_vae(tmp_path):
   assert int(jax.device_get(state.step)) == 2
   rows = writer_lib.read_metrics(str(tmp_path))
   assert [r['step'] for r in rows] == [1, 2]
-  for key in ('train/loss', 'train/kl', 'train/nll', 'eval/loss',
-              'eval/active_units'):
+  for key in ('train/loss', 'train/kl', 'train/nll', 'train/tc',
+              'train/mi', 'eval/loss', 'eval/active_units'):
     assert np.isfinite(rows[-1][key]), key
+  # Logged after steps 0 and 1 of a 2-step ramp to beta 4.
+  assert [r['train/kl_weight'] for r in rows] == [0.0, 2.0]
   assert rows[-1]['eval/num_examples'] == 8
   with open(tmp_path / 'config.json') as f:
-    assert json.load(f)['run_info']['data']['normalizer']['kind'] == 'none'
+    info = json.load(f)['run_info']
+  assert info['data']['normalizer']['kind'] == 'none'
+  assert info['versions']['optuna'] and info['versions']['lifelines']
+  # The same scalars as TensorBoard events beside metrics.jsonl.
+  events = _read_tensorboard_scalars(str(tmp_path))
+  assert events['train/kl_weight'] == [(1, 0.0), (2, 2.0)]
+  assert [s for s, _ in events['eval/loss']] == [2]
+  np.testing.assert_allclose(events['eval/loss'][0][1], rows[-1]['eval/loss'],
+                             rtol=1e-6)
+
+
+def _read_tensorboard_scalars(logdir):
+  """{tag: [(step, value)]} from the event files in `logdir`.
+
+  Reads the TFRecord framing (length, CRC, payload, CRC) and decodes each
+  payload with tensorboardX's own Event proto: no TensorFlow needed.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  files = [f for f in os.listdir(logdir) if f.startswith('events.out.')]
+  assert files, os.listdir(logdir)
+  for name in files:
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], 'little')
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          out.setdefault(value.tag, []).append(
+              (event.step, value.simple_value))
+  return out
 
 
 def test_resume_refuses_a_different_run(tmp_path):
