@@ -1028,12 +1028,6 @@ def _glance_html(ctx: _Context, by_name: Mapping[str, Any],
          _reconstruction_card(final, encode),
          _factors_card(found, evaluate, not_run),
          '</div>']
-  if found is not None:
-    csv_name = ctx.tables.add(_GLANCE, 'factors named', found['table'])
-    out.append(_table_html(
-        found['table'], caption='Factors and their best-matching true factor '
-        'or measurement (Spearman rho)', csv_name=csv_name,
-        section=_GLANCE))
   out.append('<h3>Downstream: factor models vs black-box ResNet vs oracle '
              '(95 % CI)</h3>')
   comparison = ((by_name.get('downstream') or {}).get('tables') or {}).get(
@@ -1074,6 +1068,16 @@ def _glance_html(ctx: _Context, by_name: Mapping[str, Any],
                f'{_e(measures[1])}: how much deleting the most relevant '
                'samples first moves the prediction (means over the explained '
                'records, 95 % bootstrap CIs).</p>')
+  if found is not None:
+    # Folded: one row per active factor would push the tables above off
+    # the first screen.
+    csv_name = ctx.tables.add(_GLANCE, 'factors named', found['table'])
+    out.append(f'<details><summary>The {len(found["table"])} factors and '
+               'their best-matching true factor or measurement (Spearman '
+               'rho)</summary>')
+    out.append(_table_html(found['table'], csv_name=csv_name,
+                           section=_GLANCE))
+    out.append('</details>')
   if not_run:
     out.append(f'<p class="note">Not run yet: {_e(", ".join(not_run))} '
                '(<code>--mode=all</code> runs every stage).</p>')
