@@ -28,3 +28,22 @@ def fast_compile():
   jax.config.update(name, True)
   yield
   jax.config.update(name, saved)
+
+
+# The longest modules (minutes each) go first, so that pytest-xdist's
+# loadfile scheduling starts them on separate workers and the many short
+# modules fill in around them, instead of one long module starting last.
+_SLOW_FIRST = ('tests/demo_test.py', 'tests/stages/pipeline_test.py',
+               'tests/stages/explain_trained_test.py', 'tests/sweeps_test.py',
+               'tests/stages/vae_stages_test.py')
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+
+  def rank(item):
+    path = item.nodeid.split('::')[0]
+    return _SLOW_FIRST.index(path) if path in _SLOW_FIRST else len(
+        _SLOW_FIRST)
+
+  items.sort(key=rank)  # stable: the order within a module is kept

@@ -51,6 +51,9 @@ def pipeline(tmp_path_factory, fast_compile):  # pylint: disable=unused-argument
   stages.discover()
   workdir = str(tmp_path_factory.mktemp('pipeline_tiny'))
   config = config_checks.load_config('configs/demo.py:tiny')
+  # The intervention scores have their own tests; here they would add a
+  # minute to the suite's longest modules.
+  config.analysis.interventions = False
   done = stages.run_all(config, workdir, train_fn=train.train_and_evaluate)
   assert tuple(name for name, _ in done) == EXPECTED
   return config, workdir, dict(done)
