@@ -244,6 +244,6 @@ def test_demo_explain_sizes_reach_the_measures_resnet():
   config = config_checks.load_config('configs/demo.py')
   cfg = explain.resnet_config(config)
   assert cfg.data.num_train == config.explain.num_train == 20_000
-  assert cfg.train.num_steps == config.explain.num_steps == 600
-  assert cfg.train.checkpoint_every <= 600 and cfg.train.eval_every <= 600
+  assert cfg.train.num_steps == config.explain.num_steps == 500
+  assert cfg.train.checkpoint_every <= 500 and cfg.train.eval_every <= 500
   assert config.explain.num_records > 0  # the demo runs the stage
