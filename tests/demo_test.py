@@ -3,7 +3,7 @@
 The demo's own command (`python -m factorecg_jax.main --config=configs/demo.py
 --mode=all`) runs in a subprocess on one CPU device, as `make demo` runs it,
 restricted to training and the encode/evaluate stages (`--stages`),
-shortened to 600 of its 1,200 steps (the same schedule shape, warm-up and
+shortened to 600 of its 1,000 steps (the same schedule shape, warm-up and
 sizes otherwise) and without the intervention scores (their own tests cover
 them). This is exactly the 600-step run of the beta sweep behind the demo's
 choice (README "A disentangled demo?"), whose values on the 2-core

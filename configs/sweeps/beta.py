@@ -10,7 +10,7 @@ output sd fixed at the demo's 0.05 mV (a scaled MSE) or learned by the
 decoder's sd head (fixed_sd 0.0, the paper's Gaussian likelihood, which
 needs longer runs). The paper chose beta 32 with a learned sd (~21 of 32
 factors active). Grid: 7 betas x 2 sd settings x 2 seeds = 28 runs of the
-demo config (1,200 steps, then the encode and evaluate stages).
+demo config (1,000 steps, then the encode and evaluate stages).
 Disentanglement scores vary across seeds about as much as across
 hyperparameters (Locatello et al. 2019, ICML), hence two seeds even here;
 results/ plots mean ± SD. For conclusions use --seeds=0,1,2,3,4.
@@ -28,7 +28,7 @@ journal file on a shared filesystem or `--storage=postgresql://...`).
 Runtime (2-core CPU, demo scale), estimated from stage times measured
 on the quiet 2-core machine (2026-12-02; one worker, a second on 2 cores
 gains nothing):
-about 7 min per trial (training 1,200 steps 5 min 25 s, encode
+about 7 min per trial (training 1,000 steps 4.5-5.5 min, encode
 6 s, evaluate ~1.5 min), 28 trials ~3.3 h; not run end to end. The
 600-step runs behind the demo choice (README "A disentangled demo?")
 took 3.7-4.3 min of training + 0.5-1 min of evaluate each.

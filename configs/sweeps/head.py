@@ -10,7 +10,7 @@ speed (train:train/examples_per_sec) and size
 the model's width: at demo scale the model has 695 k parameters with the
 conv head (decoder 652 k, encoder 44 k) and 104.4 M with the dense one
 (150 x; about 1.3 GB of float32 weights and Adam state), so the dense arm's
-1,200 CPU steps take far longer than the conv arm's. Grid: 2 heads x 1
+1,000 CPU steps take far longer than the conv arm's. Grid: 2 heads x 1
 seed of the demo config (encode and evaluate after training).
 
 Paper scale (GPU/TPU): `--sweep=configs/sweeps/head.py:paper` (base

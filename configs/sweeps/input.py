@@ -21,8 +21,8 @@ runs, each a VAE and two ResNets, one device each.
 Runtime (2-core CPU, demo scale), estimated from stage times measured
 on the quiet 2-core machine (2026-12-02; one worker, a second on 2 cores
 gains nothing):
-the beat point about 8.5 min (VAE 5 min 25 s, two beat
-ResNets 2 min 11 s, downstream 40 s); the strip point trains its ResNets
+the beat point about 8 min (VAE ~5 min, two beat
+ResNets ~2 min, downstream 45 s); the strip point trains its ResNets
 on 5,000-sample strips, not timed here (expect several times longer);
 not run end to end.
 """

@@ -7,7 +7,7 @@ Answers: whether annealing the KL weight (a linear warm-up, Bowman et al.
 correlation (beta-TC-VAE, Chen et al. 2018) gives more disentangled factors
 (evaluate:mig, DCI) at the demo's beta 256 without losing reconstruction
 (train:eval/r2) or active factors. The ramp (linear) and the cycle
-(cyclical) are 300 steps, a quarter of the demo's 1,200 (4 cycles); the
+(cyclical) are 250 steps, a quarter of the demo's 1,000 (4 cycles); the
 constant schedule ignores it. Grid: 3 schedules x 2 objectives x 2 seeds =
 12 runs of the demo config (encode and evaluate after training); two seeds
 because disentanglement scores are seed-noisy.
@@ -30,7 +30,7 @@ def get_sweep(arg: str | None = None) -> ml_collections.ConfigDict:
   sweep = dict(
       name='kl_schedule',
       base='configs/demo.py',
-      overrides={'loss.kl_warmup_steps': 300},
+      overrides={'loss.kl_warmup_steps': 250},
       sampler='grid',
       space={'loss.kl_schedule': ['constant', 'linear', 'cyclical'],
              'loss.objective': ['beta_vae', 'beta_tcvae']},

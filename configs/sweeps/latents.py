@@ -7,7 +7,7 @@ Answers: how many factors become active as the latent space grows
 buys reconstruction (train:eval/r2) or disentanglement (evaluate:mig); the
 paper's 32 latents left ~21 active. With a KL penalty the active count
 should saturate while the other latents collapse to the prior. Grid: 4
-sizes x 1 seed of the demo config (1,200 steps, encode and evaluate).
+sizes x 1 seed of the demo config (1,000 steps, encode and evaluate).
 
 Paper scale (GPU/TPU): `--sweep=configs/sweeps/latents.py:paper` (base
 configs/factorecg_paper.py, bfloat16, seeds 0-2): 12 runs of 39,063 steps,
