@@ -1,20 +1,23 @@
 """The CPU demo: simulate a data set, train a small FactorECG VAE, explain it.
 
-`make demo` runs this end to end on 2 CPU cores in a few minutes:
+`make demo` runs this end to end on 2 CPU cores:
 
   python -m factorecg_jax.main --config=configs/demo.py --workdir=runs/demo \
       --mode=demo
 
-Measured on the 2-core development machine from a fresh clone (2026-12-01):
-10 min 50 s (VAE training 5 min 25 s, reaching R^2 0.95 on held-out noisy
-beats, whose noise alone caps R^2 at ~0.98; two black-box ResNets 2 min;
-disentanglement metrics 1 min 47 s; downstream comparison 40 s). It writes to
-the workdir: simulated-data summary (figures, tables), the training run
-(config.json, metrics.jsonl, checkpoints), factors of held-out records,
-traversal figures, disentanglement metrics, the black-box ResNet runs and
-the factor-models-vs-black-box comparison. The model is the lean
-variant of the paper's architecture (1x1-conv Gaussian head, fewer channels);
-the paper's own settings are configs/factorecg_paper.py.
+Measured on the 2-core development machine from a fresh clone (2026-12-02):
+14 min 00 s (simulated-data summary 16 s; two black-box ResNets 2 min 22 s;
+VAE training 5 min 25 s, held-out R^2 0.86; encode and traversals 41 s;
+disentanglement metrics 1 min 14 s, MIG 0.033, DCI 0.71; downstream
+comparison 43 s; attribution stage 3 min 18 s; report < 1 s), after 1.5-2.5
+min of environment creation. It writes to the workdir: simulated-data
+summary, the training run (config.json, metrics.jsonl, TensorBoard events,
+checkpoints), factors of held-out records, traversal figures,
+disentanglement metrics, the black-box ResNet runs, the
+factor-models-vs-black-box comparison, the attribution stage and
+report/index.html. The model is the lean variant of the paper's
+architecture (1x1-conv Gaussian head, fewer channels); the paper's own
+settings are configs/factorecg_paper.py.
 """
 
 import importlib.util
@@ -50,12 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # to prune and align latents: from the beta sweep at demo scale (600
   # steps, README "A disentangled demo?"), beta 4 kept all 32 latents with
   # 14 named "heart rate" (MIG 0.011); 256 is the largest beta keeping
-  # R^2 >= 0.85 at 1,200 steps (0.90; 1024 fell to 0.48 at 600 steps).
+  # R^2 >= 0.85 at the demo's length (0.86 at 1,000 steps, 0.90 at 1,200;
+  # 1024 fell to 0.48 at 600 steps).
   config.loss.update(beta=256.0, fixed_sd=0.05)
   config.data.update(num_train=20_000, num_eval=1_000, mode='uniform')
   config.optim.update(lr=5e-3, schedule='cosine', warmup_steps=50)
   # 1,000 steps: with the black-box and attribution ResNets the demo has
-  # ~15 min on 2 cores (1,200 steps took 16 min 15 s in all).
+  # ~15 min on 2 cores (with 1,200 steps the demo took 16 min 15 s).
   config.train.update(batch_size=64, num_epochs=0, num_steps=1000,
                       log_every=100, eval_every=500, checkpoint_every=500,
                       eval_batch_size=256)
