@@ -93,6 +93,7 @@ import numpy as np
 import optuna
 
 from factorecg_jax import config_checks
+from factorecg_jax import console
 from factorecg_jax import stages
 
 SAMPLERS = ('grid', 'tpe', 'random')
@@ -1458,7 +1459,7 @@ class Worker:
       self._finish(trial, state=optuna.trial.TrialState.FAIL)
       self.failed.append(trial.number)
       self.say(f'{label}: FAILED after '
-               f'{_duration(time.perf_counter() - start)}: {e}')
+               f'{console.format_duration(time.perf_counter() - start)}: {e}')
       return
     except KeyboardInterrupt:
       # Interrupted (Ctrl-C, SIGTERM): hand the point to the next worker,
@@ -1484,7 +1485,7 @@ class Worker:
         sweep.objective_names, values))
     how = ('finished earlier, result reused'
            if all(r.get('cached') for r in results) else
-           f'done in {_duration(time.perf_counter() - start)}')
+           f'done in {console.format_duration(time.perf_counter() - start)}')
     if not told:
       how += (' (the trial had been closed meanwhile; the result stays in '
               'its run directory and is reused)')
@@ -1641,16 +1642,6 @@ def _sigterm_raises_interrupt():
   finally:
     if old is not None:
       signal.signal(signal.SIGTERM, old)
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 60:
-    return f'{seconds:.1f} s'
-  minutes, secs = divmod(int(round(seconds)), 60)
-  if minutes < 60:
-    return f'{minutes} min {secs:02d} s'
-  hours, minutes = divmod(minutes, 60)
-  return f'{hours} h {minutes:02d} min'
 
 
 # ----------------------------------------------------------- aggregation ---
