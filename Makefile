@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # pytest's exit code 5 (no tests collected) is a failure too.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist=loadfile --durations=25 tests; rc=$$?; \
+	$(PY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder --durations=25 tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo 'no tests collected' >&2; exit 1; fi; \
 	  exit $$rc
 
