@@ -38,10 +38,12 @@ def fast_compile():
 # count (3.8 added the switch).
 _SLOW_FIRST = ('tests/demo_test.py', 'tests/stages/pipeline_test.py',
                'tests/stages/explain_trained_test.py', 'tests/sweeps_test.py',
-               'tests/main_test.py', 'tests/data/simulator_test.py',
+               'tests/data/simulator_test.py', 'tests/main_test.py',
                'tests/data/median_beat_test.py',
-               'tests/training/classify_simulated_test.py',
-               'tests/training/train_test.py', 'tests/explain/methods_test.py')
+               'tests/explain/methods_test.py',
+               'tests/training/resume_resnet_test.py',
+               'tests/training/train_test.py',
+               'tests/training/classify_simulated_test.py')
 
 
 def pytest_collection_modifyitems(session, config, items):
