@@ -66,13 +66,146 @@ def _pad_same(
   Returns:
     [batch, time + pad, channels], with pad // 2 samples on the left and the
     rest on the right, so that the op yields ceil(time / stride) samples.
+    A signal shorter than the window is padded behind an optimisation
+    barrier (see `_pad_time`).
   """
   length = x.shape[1]
   out = -(-length // stride)
   pad = max((out - 1) * stride + window - length, 0)
-  return jnp.pad(
-      x, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), constant_values=value
+  return _pad_time(x, pad // 2, pad - pad // 2, window, value)
+
+
+def _pad_time(
+    x: jax.Array, left: int, right: int, window: int, value: float = 0.0
+) -> jax.Array:
+  """Pads axis 1; kept out of the window op when the signal is short.
+
+  XLA folds an explicit pad into the padding of the convolution that reads
+  it. XLA:CPU (jaxlib 0.10) runs a convolution with window padding about
+  100 times more slowly when the unpadded input is shorter than the kernel
+  (a median beat reaches 10 samples in the last block, under 17 taps): the
+  pad then stays a separate op behind `lax.optimization_barrier`.
+  """
+  padded = jnp.pad(
+      x, ((0, 0), (left, right), (0, 0)), constant_values=value
   )
+  if x.shape[1] < window and left + right:
+    padded = jax.lax.optimization_barrier(padded)
+  return padded
+
+
+def conv1d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """A 'VALID' 1-D convolution, strided ones folded into unit-stride ones.
+
+  The same sums as `lax.conv_general_dilated(x, kernel, (stride,), 'VALID')`
+  in another order (equal to float rounding). XLA:CPU computes the input
+  gradient of a strided convolution slowly, so a stride-s convolution with
+  k taps runs as a unit-stride one on the signal reshaped to [batch,
+  time / s, s * channels] (space to depth) with ceil(k / s) taps of s *
+  channels (the kernel zero-padded to a multiple of s taps): tap j = q s + p
+  reads sample s (t + q) + p, i.e. phase p of folded sample t + q. A 1-tap
+  strided convolution reads every s-th sample.
+
+  Args:
+    x: [batch, time, in] signal.
+    kernel: [taps, in, out].
+    stride: step between outputs in samples.
+
+  Returns:
+    [batch, (time - taps) // stride + 1, out].
+  """
+  taps, cin, cout = kernel.shape
+  batch, length, _ = x.shape
+  out = (length - taps) // stride + 1
+  if stride > 1 and taps == 1:
+    x, stride = x[:, : (out - 1) * stride + 1 : stride], 1
+  elif stride > 1:
+    folded = -(-taps // stride)
+    used = (out - 1 + folded) * stride  # samples the folded taps read
+    if used > length:  # zero taps past the kernel read past the signal
+      x = jnp.pad(x, ((0, 0), (0, used - length), (0, 0)))
+    x = x[:, :used].reshape(batch, used // stride, stride * cin)
+    kernel = jnp.pad(
+        kernel, ((0, folded * stride - taps), (0, 0), (0, 0))
+    ).reshape(folded, stride * cin, cout)
+    stride = 1
+  return _conv_valid(x, kernel)
+
+
+_DIMS = ('NWC', 'WIO', 'NWC')
+
+
+def _xla_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1,), 'VALID',
+                                      dimension_numbers=_DIMS)
+
+
+@jax.custom_vjp
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Unit-stride 'VALID' convolution with a guarded input gradient.
+
+  The input gradient of a 'VALID' convolution is a convolution of the
+  cotangent, padded by taps - 1 on both sides, with the flipped kernel.
+  When the output is shorter than the kernel (the last block on a median
+  beat), XLA:CPU's own derivative hits the slow window padding of
+  `_pad_time`; this one pads behind the barrier. The kernel gradient and
+  every longer signal use XLA's derivative unchanged. Reverse mode only
+  (`jax.jvp` through the ResNet is not supported).
+  """
+  return _xla_conv_valid(x, kernel)
+
+
+def _conv_valid_fwd(x, kernel):
+  return _xla_conv_valid(x, kernel), (x, kernel)
+
+
+def _conv_valid_bwd(residuals, g):
+  x, kernel = residuals
+  taps = kernel.shape[0]
+  d_kernel = jax.vjp(lambda k: _xla_conv_valid(x, k), kernel)[1](g)[0]
+  if g.shape[1] >= taps:
+    d_x = jax.vjp(lambda z: _xla_conv_valid(z, kernel), x)[1](g)[0]
+  else:
+    flipped = jnp.swapaxes(kernel[::-1], 1, 2)  # [taps, out, in]
+    d_x = _xla_conv_valid(
+        _pad_time(g, taps - 1, taps - 1, taps), flipped.astype(g.dtype)
+    )
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+_conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+class _Conv(nn.Module):
+  """`nn.Conv` with 'VALID' padding and the same parameters, via `conv1d`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: taps.
+    stride: step between outputs in samples.
+    use_bias: add a bias (zeros at initialisation).
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        'kernel',
+        _kernel_init,
+        (self.kernel_size, x.shape[-1], self.features),
+        jnp.float32,
+    )
+    y = conv1d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 def _conv(
@@ -82,18 +215,41 @@ def _conv(
     use_bias: bool,
     dtype: Dtype,
     name: str,
-) -> nn.Conv:
+) -> _Conv:
   """A 'VALID' 1-D convolution; callers pad with `_pad_same` first."""
-  return nn.Conv(
-      features,
-      (kernel_size,),
-      strides=(stride,),
-      padding='VALID',
-      use_bias=use_bias,
-      kernel_init=_kernel_init,
-      dtype=dtype,
-      name=name,
-  )
+  return _Conv(features, kernel_size, stride, use_bias, dtype, name=name)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+  """Max over non-overlapping windows of time, `nn.max_pool`'s derivative.
+
+  The forward pass is a reshape and a max; the derivative takes the first
+  maximum of each window (as `nn.max_pool`, `torch.nn.MaxPool1d` and
+  `jnp.argmax` do), so ties (zeros after a ReLU) route the whole gradient to
+  one sample. Much faster on XLA:CPU than `nn.max_pool`'s select-and-scatter.
+
+  Args:
+    x: [batch, time, channels], time a multiple of `window`.
+    window: window and stride in samples.
+
+  Returns:
+    [batch, time / window, channels].
+  """
+  batch, length, channels = x.shape
+  return jnp.max(x.reshape(batch, length // window, window, channels), axis=2)
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window, primals, tangents):
+  (x,), (dx,) = primals, tangents
+  batch, length, channels = x.shape
+  shape = (batch, length // window, window, channels)
+  windows = x.reshape(shape)
+  first = jnp.argmax(windows, axis=2)[:, :, None, :]
+  chosen = jnp.arange(window)[None, None, :, None] == first
+  tangent = jnp.sum(jnp.where(chosen, dx.reshape(shape), 0), axis=2)
+  return jnp.max(windows, axis=2), tangent
 
 
 def _norm(
@@ -195,9 +351,7 @@ class ResidualBlock(nn.Module):
 
     if self.skip_pool:
       if d > 1:
-        skip = nn.max_pool(
-            _pad_same(skip, d, d, -jnp.inf), (d,), strides=(d,)
-        )
+        skip = max_pool(_pad_same(skip, d, d, -jnp.inf), d)
       if skip.shape[-1] != self.features:
         skip = _conv(self.features, 1, 1, False, self.dtype, 'skip')(skip)
     elif d > 1 or skip.shape[-1] != self.features:

@@ -5,6 +5,7 @@ import math
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,35 +123,81 @@ class ShapesTest(parameterized.TestCase):
 
 
 class PadSameTest(parameterized.TestCase):
-  """Explicit padding + 'VALID' equals XLA's (TensorFlow's) 'SAME'."""
+  """Explicit padding + `conv1d` / `max_pool` equal XLA's 'SAME' window ops.
+
+  Values and both derivatives (reverse and forward mode): the folded
+  strided convolution and the reshape max-pool are other ways of computing
+  the same functions as `lax.conv_general_dilated` and `lax.reduce_window`.
+  """
 
   @parameterized.parameters(
-      (600, 17, 1), (601, 17, 4), (10, 5, 4), (9, 17, 4), (38, 1, 4)
+      (600, 17, 1), (601, 17, 4), (10, 5, 4), (9, 17, 4), (38, 1, 4),
+      (37, 3, 4), (50, 4, 2), (23, 17, 3), (40, 2, 4), (10, 17, 1),
   )
   def test_conv_matches_same(self, length, kernel, stride):
     rng = np.random.default_rng(length)
     x = jnp.asarray(rng.normal(size=(2, length, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, 3, 5)), jnp.float32)
-    conv = functools.partial(
-        jax.lax.conv_general_dilated, rhs=w, window_strides=(stride,),
-        dimension_numbers=('NWC', 'WIO', 'NWC'),
+    ours = lambda x, w: resnet.conv1d(  # noqa: E731
+        resnet._pad_same(x, kernel, stride), w, stride
     )
-    ours = conv(resnet._pad_same(x, kernel, stride), padding='VALID')
-    ref = conv(x, padding='SAME')
-    self.assertEqual(ours.shape[1], math.ceil(length / stride))
-    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-5)
+    ref = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (stride,), 'SAME', dimension_numbers=('NWC', 'WIO', 'NWC')
+    )
+    self.assertEqual(ours(x, w).shape[1], math.ceil(length / stride))
+    np.testing.assert_allclose(ours(x, w), ref(x, w), atol=1e-4, rtol=1e-5)
+    cotangent = jnp.asarray(
+        rng.normal(size=ref(x, w).shape), jnp.float32
+    )
+    for got, want in zip(
+        jax.vjp(ours, x, w)[1](cotangent), jax.vjp(ref, x, w)[1](cotangent)
+    ):
+      np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    # Batched cotangents (the explanation methods vmap the VJP over targets).
+    cotangents = jnp.stack([cotangent, -2 * cotangent])
+    got = jax.vmap(jax.vjp(ours, x, w)[1])(cotangents)
+    want = jax.vmap(jax.vjp(ref, x, w)[1])(cotangents)
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, atol=1e-4, rtol=1e-5),
+        got, want,
+    )
 
-  @parameterized.parameters((600, 4), (601, 4), (150, 4), (10, 4))
+  @parameterized.parameters((600, 4), (601, 4), (150, 4), (10, 4), (9, 2))
   def test_max_pool_matches_same(self, length, d):
-    x = _ecg(length)
-    ours = jax.lax.reduce_window(
-        resnet._pad_same(x, d, d, -jnp.inf), -jnp.inf, jax.lax.max,
-        (1, d, 1), (1, d, 1), 'VALID',
+    # Rounded to one decimal after a ReLU: many ties, zeros above all.
+    x = jnp.round(jax.nn.relu(_ecg(length)) * 10) / 10
+    ours = lambda x: resnet.max_pool(  # noqa: E731
+        resnet._pad_same(x, d, d, -jnp.inf), d
     )
-    ref = jax.lax.reduce_window(
+    ref = lambda x: jax.lax.reduce_window(  # noqa: E731
         x, -jnp.inf, jax.lax.max, (1, d, 1), (1, d, 1), 'SAME'
     )
-    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(ours(x), ref(x))
+    rng = np.random.default_rng(d)
+    cotangent = jnp.asarray(rng.normal(size=ref(x).shape), jnp.float32)
+    np.testing.assert_array_equal(
+        jax.vjp(ours, x)[1](cotangent)[0], jax.vjp(ref, x)[1](cotangent)[0]
+    )
+    tangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    np.testing.assert_array_equal(
+        jax.jvp(ours, (x,), (tangent,))[1], jax.jvp(ref, (x,), (tangent,))[1]
+    )
+
+  def test_conv_params_match_flax_conv(self):
+    """Same parameter tree and initial values as `nn.Conv`, bias included."""
+    x = _ecg(40)
+    ours = resnet._Conv(6, 5, stride=4, use_bias=True)
+    ref = nn.Conv(
+        6, (5,), strides=(4,), padding='VALID',
+        kernel_init=resnet._kernel_init,
+    )
+    key = jax.random.key(3)
+    v_ours, v_ref = ours.init(key, x), ref.init(key, x)
+    jax.tree.map(np.testing.assert_array_equal, v_ours, v_ref)
+    v = {'params': {'kernel': v_ref['params']['kernel'], 'bias': jnp.ones(6)}}
+    np.testing.assert_allclose(
+        ours.apply(v, x), ref.apply(v, x), atol=1e-5, rtol=1e-5
+    )
 
 
 class ParamCountTest(parameterized.TestCase):
