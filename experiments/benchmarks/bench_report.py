@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,35 @@ def environment() -> dict[str, Any]:
     env['devices'] = {'platform': devices[0].platform,
                       'kind': devices[0].device_kind, 'count': len(devices)}
   return env
+
+
+def gemm_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
+  """fp32 GFLOP/s of XLA's best case on this machine: one square matmul.
+
+  The roofline of a compute-bound step: no implementation of a network's
+  FLOPs in fp32 on these cores runs faster than FLOPs / this figure (XLA's
+  matmul reaches the cores' FMA peak; the fastest of `repeats` is kept).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)),
+                  jnp.float32)
+  matmul = jax.jit(lambda m: m @ m)
+  jax.block_until_ready(matmul(a))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs XLA's cost analysis counts for a compiled function (NaN if none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0]
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
 def _plain(value: Any) -> Any:

@@ -31,7 +31,14 @@ Evaluation: deletion of (lead, time) points most relevant first, zero fill,
 `evaluation.perturbation_curves` (one jitted call over methods x steps)
 against `quantus.PixelFlipping(features_in_step=7200 / steps, abs=True,
 perturb_baseline=0.0)` (zero fill) run per method; the two curves are compared
-(max |difference| over the predictions).
+(max |difference| over the predictions; ours treats relevances equal to 6
+decimals of the row maximum as ties, kept in index order, Quantus sorts the
+raw values, so near-ties are removed in another order).
+
+Last, the compute floor: the FLOPs XLA counts for the nine methods and for
+the deletion forward passes, at this machine's fp32 matmul peak, and the
+largest speed-up over Captum / Quantus that any fp32 implementation of
+those FLOPs could reach here.
 
 Prints a table and writes runs/benchmarks/explain_bench.json.
 """
@@ -165,6 +172,7 @@ def main(argv):
         f'ResNet ({num_params / 1e6:.2f} M params), x [{n}, {length}, '
         f'{LEADS}], {samples} samples, chunk {chunk}')
 
+  peak_start = bench_report.gemm_peak_gflops()  # again at the end; max kept
   results = {'config': dict(preset=_PRESET.value, num_params=num_params,
                             records=n, length=length, samples=samples,
                             chunk_size=chunk, repeats=_REPEATS.value)}
@@ -239,6 +247,9 @@ def main(argv):
                    all_nine_speedup=total / all_one,
                    all_targets_speedup_per_target=total * OUTPUTS
                    / all_targets)
+    print(f'  captum all nine             {total / n:8.4f} s/ECG  '
+          f'x{total / all_one:6.2f} (JAX all nine, one target); '
+          f'x{total * OUTPUTS / all_targets:6.2f} per target (all targets)')
 
   # Evaluation: deletion curves of all nine maps.
   ne, steps = min(_EVAL_RECORDS.value, n), _EVAL_STEPS.value
@@ -295,6 +306,31 @@ def main(argv):
                    evaluation_speedup=sec_q / sec_ours,
                    evaluation_max_curve_diff=gap,
                    evaluation_curve_diff_per_method=gaps)
+  # Roofline: the FLOPs XLA counts at this machine's fp32 matmul peak.
+  peak = max(peak_start, bench_report.gemm_peak_gflops())
+  nine_flops = bench_report.xla_flops(jax.jit(
+      lambda v, xx: methods.explain_all(
+          fn, v, xx, target=target, preset=settings, key=jax.random.key(3),
+          chunk_size=None)).lower(variables, x).compile())
+  forward_flops = bench_report.xla_flops(
+      jax.jit(predict).lower(xe[:1]).compile())
+  floors = {'all_nine': nine_flops / n / peak / 1e9,
+            'deletion': forward_flops * len(fractions) / peak / 1e9}
+  print(f'  compute floor (fp32 matmul peak {peak:.0f} GFLOP/s): all nine '
+        f'>= {floors["all_nine"]:.4f} s/ECG (JAX at '
+        f'{floors["all_nine"] * n / all_one:.0%} of peak), deletion >= '
+        f'{floors["deletion"]:.4f} s per ECG and method (JAX at '
+        f'{floors["deletion"] * ne * len(METHODS) / sec_ours:.0%})')
+  if captum_ok:
+    print(f'  so no fp32 implementation of these FLOPs beats Captum by more '
+          f'than x{total / n / floors["all_nine"]:.2f} (all nine) or '
+          f'Quantus by more than '
+          f'x{sec_q / ne / len(METHODS) / floors["deletion"]:.2f} '
+          '(deletion) on this machine')
+  results.update(gemm_peak_gflops=peak, all_nine_gflop_per_ecg=nine_flops
+                 / n / 1e9, forward_gflop_per_ecg=forward_flops / 1e9,
+                 floor_all_nine_s_per_ecg=floors['all_nine'],
+                 floor_deletion_s_per_ecg_method=floors['deletion'])
   results['methods'] = rows
   results['load_average_end'] = os.getloadavg()[0]
   path = bench_report.write('explain_bench', results)

@@ -14,7 +14,11 @@ in fp32. After the warm-up steps (and JAX's compile), the timed steps of the
 two frameworks alternate (torch, jax, torch, ...), so that other jobs on a
 shared machine slow both alike. It prints s/step (mean and fastest), ECGs/s,
 CPU seconds per step, the FLOPs XLA counts for the compiled step, and JAX's
-speed-up over PyTorch (the issue's goal: >= 1.5x in fp32).
+speed-up over PyTorch (the issue's goal: >= 1.5x in fp32). Last, the
+compute floor: the step's FLOPs at this machine's fp32 matmul peak
+(`bench_report.gemm_peak_gflops`), the fraction of it JAX reaches and the
+largest speed-up over PyTorch that any fp32 implementation of these FLOPs
+could reach here.
 
   .venv/bin/python experiments/benchmarks/resnet_step_bench.py \
       --presets=ribeiro --inputs=strip --batch_size=32 --steps=3
@@ -22,8 +26,9 @@ speed-up over PyTorch (the issue's goal: >= 1.5x in fp32).
 Presets: ribeiro (resnet.ResNetRibeiro, the published sizes), cpu
 (resnet.ResNetCPU). Inputs: strip ([batch, 5000, 12], a 10-s strip at
 500 Hz), beat ([batch, 600, 12], a median beat). A ribeiro step on strips at
-batch 32 is 454 GFLOP: 4-11 s per step per framework on a 2-core CPU, ~1.5
-minutes for the default run. On a loaded machine the ratio moves a lot from
+batch 32 is 478 GFLOP as XLA counts it (454 without the zero taps of the
+folded strided convolutions): 2-4 s per step per framework on a 2-core CPU,
+about a minute for the default run. On a loaded machine the ratio moves a lot from
 run to run (0.6x to 2x when the two were timed one after the other, before
 the steps alternated): read the load averages printed, and repeat.
 """
@@ -66,13 +71,6 @@ INPUTS = {'strip': 5000, 'beat': 600}
 LEADS = 12
 LR = 1e-3
 NUM_COMPARED = 8  # ECGs whose eval-mode logits are compared
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-    cost = cost[0]
-  return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
 def _randomize_norms(variables, seed: int):
@@ -123,7 +121,8 @@ def jax_stepper(model, variables, ecg, target, seed):
   compiled = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
       *state[:3], ecg, target, rng).compile()
   info = dict(params=sum(x.size for x in jax.tree.leaves(params)),
-              compile_s=time.perf_counter() - t0, flops=_flops(compiled))
+              compile_s=time.perf_counter() - t0,
+              flops=bench_report.xla_flops(compiled))
 
   def step():
     *state[:3], loss = compiled(*state[:3], ecg, target,
@@ -265,6 +264,7 @@ def main(argv):
         f'warm-up + {_STEPS.value} timed steps, torch threads {threads}, '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
 
+  peak_start = bench_report.gemm_peak_gflops()  # again at the end; max kept
   rows = []
   for preset in _PRESETS.value:
     for inputs in _INPUTS.value:
@@ -309,10 +309,29 @@ def main(argv):
         'max|dlogit|: eval-mode logits, JAX vs PyTorch, from the same '
         'weights and running statistics.')
 
+  # Roofline: the step's FLOPs at the machine's fp32 matmul peak.
+  peak = max(peak_start, bench_report.gemm_peak_gflops())
+  print(f'\nCompute floor: fp32 matmul peak of this machine {peak:.0f} '
+        'GFLOP/s (XLA, 4096^2).')
+  for r in summary:
+    if r['framework'] != 'jax':
+      continue
+    floor = r['gflop'] / peak
+    torch_row = next((q for q in summary if q['config'] == r['config']
+                      and q['framework'] == 'torch'), None)
+    bound = (f'; no fp32 step of these FLOPs can beat PyTorch here by more '
+             f'than {torch_row["step_s"] / floor:.2f}x' if torch_row else '')
+    print(f'  {r["config"]}: >= {floor:.3f} s/step; JAX at '
+          f'{floor / r["step_s"]:.0%} of peak{bound}')
+    r.update(floor_step_s=floor, fraction_of_peak=floor / r['step_s'],
+             max_speedup_over_torch=(torch_row['step_s'] / floor
+                                     if torch_row else None))
+
   bench_report.write('resnet_step_bench', {
       'batch_size': batch, 'warmup_steps': _WARMUP.value,
       'timed_steps': _STEPS.value, 'torch_threads': threads,
-      'load_average_1min_start': load_start, 'rows': summary})
+      'load_average_1min_start': load_start, 'gemm_peak_gflops': peak,
+      'rows': summary})
 
 
 if __name__ == '__main__':

@@ -83,13 +83,6 @@ BETA, LR, CLIP = 32.0, 1e-3, 1.0
 NUM_COMPARED = 8  # ECGs whose reconstructions are compared across variants
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-    cost = cost[0]
-  return float(cost.get('flops', float('nan'))) if cost else float('nan')
-
-
 def time_jax_variant(name, params, ecg, seed):
   """Compiles and times one variant; returns a result row."""
   model = VARIANTS[name]()
@@ -119,7 +112,7 @@ def time_jax_variant(name, params, ecg, seed):
       params, opt_state, batch, rng
   ).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(step)
+  flops = bench_report.xla_flops(step)
   for _ in range(_WARMUP.value):
     params, opt_state, loss = step(params, opt_state, batch, rng)
   jax.block_until_ready(params)
