@@ -183,6 +183,43 @@ class PadSameTest(parameterized.TestCase):
         jax.jvp(ours, (x,), (tangent,))[1], jax.jvp(ref, (x,), (tangent,))[1]
     )
 
+  @staticmethod
+  def _reversed_convolutions(fn, *args):
+    """Convolutions that XLA:CPU rewrote to its slow short-signal form.
+
+    A convolution with window padding on an input shorter than its kernel
+    comes out of XLA's optimiser with the operands swapped and the kernel
+    reversed (`rhs_reversal=1`, `dim_labels=0fb_o0i->f0b`): the ~100x slow
+    case that `_pad_time` / `_conv_valid` avoid. Returns those HLO lines of
+    `jax.jit(fn)`, compiled and not run.
+    """
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return [
+        line.strip() for line in hlo.splitlines()
+        if 'convolution(' in line and 'rhs_reversal=1' in line
+    ]
+
+  def test_no_slow_convolution_on_a_median_beat(self):
+    # On a median beat the last block convolves 10 samples with 17 taps.
+    model = resnet.ResNetRibeiro(num_outputs=2)
+    variables = model.init(jax.random.key(0), _ecg(BEAT, batch=1))
+    grad = jax.grad(lambda v, x: model.apply(v, x)[0].sum(), argnums=(0, 1))
+    self.assertEqual(
+        self._reversed_convolutions(grad, variables, _ecg(BEAT, batch=4)), []
+    )
+    # Control: XLA's own padded convolution at those sizes is rewritten. If
+    # this fails, a new XLA no longer does so and the guard may be obsolete.
+    plain = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1,), [(8, 8)], dimension_numbers=('NWC', 'WIO', 'NWC'))
+    self.assertLen(
+        self._reversed_convolutions(
+            plain,
+            jax.ShapeDtypeStruct((4, 10, 256), jnp.float32),
+            jax.ShapeDtypeStruct((17, 256, 320), jnp.float32),
+        ),
+        1,
+    )
+
   def test_conv_params_match_flax_conv(self):
     """Same parameter tree and initial values as `nn.Conv`, bias included."""
     x = _ecg(40)
