@@ -28,9 +28,10 @@ Presets: ribeiro (resnet.ResNetRibeiro, the published sizes), cpu
 500 Hz), beat ([batch, 600, 12], a median beat). A ribeiro step on strips at
 batch 32 is 478 GFLOP as XLA counts it (454 without the zero taps of the
 folded strided convolutions): 2-4 s per step per framework on a 2-core CPU,
-about a minute for the default run. On a loaded machine the ratio moves a lot from
-run to run (0.6x to 2x when the two were timed one after the other, before
-the steps alternated): read the load averages printed, and repeat.
+about a minute for the default run. On a loaded machine the ratio moves a
+lot from run to run (0.6x to 2x when the two were timed one after the
+other, before the steps alternated): read the load averages printed, and
+repeat.
 """
 
 import os

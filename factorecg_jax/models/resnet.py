@@ -22,17 +22,6 @@ What differs from the authors' Keras model (antonior92/automatic-ecg-diagnosis,
   a fixed sample count (their input is 4096 samples at 400 Hz, 2**12); a
   length that does not divide gives ceil(t / d) samples with TensorFlow's
   'SAME' padding (extra sample on the right), as Keras does.
-
-How it is computed (the same function, arranged for XLA:CPU, where the
-train step and the attributions are bound by convolution FLOPs): padding
-is written out and the convolutions run 'VALID'; strided convolutions are
-folded into unit-stride ones on a space-to-depth view (`conv1d`); the skip
-max-pool is a reshape and a max with `nn.max_pool`'s derivative
-(`max_pool`); signals shorter than the kernel (the last block on a median
-beat) keep their padding out of the convolution (`_pad_time`,
-`_conv_valid`), which XLA:CPU otherwise runs ~100x more slowly. Together
-they made the nine attributions on median beats 8x faster and the train
-step on strips ~1.5x faster than `nn.Conv` / `nn.max_pool`.
 * BatchNorm momentum 0.9 and epsilon 1e-5 (PyTorch's defaults) instead of
   Keras' 0.99 and 1e-3.
 * The head returns logits; the sigmoid of their last layer belongs to the loss.
@@ -44,6 +33,17 @@ step on strips ~1.5x faster than `nn.Conv` / `nn.max_pool`.
   convolutions then carry biases).
 
 Initialisation is Keras' `he_normal` for every kernel, zeros for biases.
+
+How it is computed (the same function, arranged for XLA:CPU, where the
+train step and the attributions are bound by convolution FLOPs): padding
+is written out and the convolutions run 'VALID'; strided convolutions are
+folded into unit-stride ones on a space-to-depth view (`conv1d`); the skip
+max-pool is a reshape and a max with `nn.max_pool`'s derivative
+(`max_pool`); signals shorter than the kernel (the last block on a median
+beat) keep their padding out of the convolution (`_pad_time`,
+`_conv_valid`), which XLA:CPU otherwise runs ~100x more slowly. Together
+they made the nine attributions on median beats 8x faster and the train
+step on strips ~1.5x faster than `nn.Conv` / `nn.max_pool`.
 """
 
 from collections.abc import Callable
