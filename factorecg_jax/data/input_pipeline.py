@@ -291,6 +291,22 @@ def prefetch(
   return items
 
 
+def _thread_safe_prefetch(source: Any, size: int) -> int:
+  """The prefetch size to use for `source`: 0 when it computes with JAX.
+
+  A source whose `get_batch` runs JAX computations (the simulator: its
+  `computes_with_jax` attribute is true) is read on the consumer's thread.
+  JAX calls made from the prefetch thread while the training loop dispatches
+  its step aborted a test process once in CI (jaxlib 0.10.2, CPU:
+  "Fatal Python error: Aborted" with both threads inside JAX); and such a
+  thread buys little, because the simulation runs on the same devices as the
+  step it would overlap. Sources that read files keep their thread.
+  """
+  if size > 0 and getattr(source, 'computes_with_jax', False):
+    return 0
+  return size
+
+
 def train_iterator(
     source: Any,
     *,
@@ -322,7 +338,9 @@ def train_iterator(
     process_count: P, number of processes (default `jax.process_count()`).
     normalizer: applied to 'ecg' (None: unchanged).
     input_key: record field used as 'ecg' ('beat', 'beat_clean', 'strip').
-    prefetch_size: batches prepared ahead on a background thread (0: none).
+    prefetch_size: batches prepared ahead on a background thread (0: none;
+      ignored for sources that compute with JAX, see
+      `_thread_safe_prefetch`).
 
   Yields:
     Dicts with 'ecg' [B / P, T, 12] float32, 'mask' [B / P] float32 (ones),
@@ -352,7 +370,7 @@ def train_iterator(
       )
       step += 1
 
-  return prefetch(generate(), prefetch_size)
+  return prefetch(generate(), _thread_safe_prefetch(source, prefetch_size))
 
 
 def num_eval_batches(num_records: int, global_batch_size: int) -> int:
@@ -385,7 +403,9 @@ def eval_iterator(
     process_count: P (default `jax.process_count()`).
     normalizer: applied to 'ecg' (None: unchanged).
     input_key: record field used as 'ecg'.
-    prefetch_size: batches prepared ahead on a background thread (0: none).
+    prefetch_size: batches prepared ahead on a background thread (0: none;
+      ignored for sources that compute with JAX, see
+      `_thread_safe_prefetch`).
 
   Yields:
     Dicts as in `train_iterator`; 'mask' [B / P] float32 is 1 on real rows.
@@ -406,7 +426,7 @@ def eval_iterator(
           normalizer=normalizer,
       )
 
-  return prefetch(generate(), prefetch_size)
+  return prefetch(generate(), _thread_safe_prefetch(source, prefetch_size))
 
 
 def default_data_config() -> ml_collections.ConfigDict:

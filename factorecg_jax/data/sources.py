@@ -197,7 +197,12 @@ class OnTheFlySource:
       fields are not computed.
     survival_model: hazard of 'time'/'event', 'age_sex' or 'ecg_only' (the
       draw of records made before age and sex existed).
+    computes_with_jax: True: `get_batch` runs jitted JAX code, so the input
+      pipeline reads this source on its consumer's thread, never on a
+      prefetch thread.
   """
+
+  computes_with_jax = True
 
   def __init__(
       self,

@@ -126,6 +126,30 @@ class TrainIteratorTest(parameterized.TestCase):
     prefetched = _take(self._iter(source, prefetch_size=2), 7)
     _assert_batches_equal(self, plain, prefetched)
 
+  def test_sources_computing_with_jax_are_read_on_the_consumer_thread(self):
+    # A source whose get_batch runs JAX is never read on a prefetch thread
+    # (JAX called from two threads aborted a CI run once); file and array
+    # sources are.
+    class JaxSource(ArraySource):
+      computes_with_jax = True
+
+    for source, threaded in ((ArraySource(10), True), (JaxSource(10), False)):
+      readers = []
+      get_batch = source.get_batch
+
+      def recording(indices, get_batch=get_batch, readers=readers):
+        readers.append(threading.current_thread().name)
+        return get_batch(indices)
+
+      source.get_batch = recording
+      iterator = self._iter(source, prefetch_size=2)
+      _take(iterator, 3)
+      iterator.close()
+      self.assertEqual('prefetch' in readers, threaded, readers)
+      self.assertEqual(
+          set(readers) == {threading.current_thread().name}, not threaded)
+    self.assertTrue(sources.OnTheFlySource.computes_with_jax)
+
   @parameterized.parameters(2, 4)
   def test_process_slices_make_the_global_batch(self, process_count):
     source = ArraySource(10)
