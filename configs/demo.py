@@ -70,8 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          metrics_num_test=1000, intervention_num_train=150,
                          intervention_num_eval=100,
                          intervention_num_variance_estimate=1000)
-  # Factor models vs black-box ResNets on median beats (CPU sizes).
-  config.downstream.update(num_train=4000, num_test=1000)
+  # Factor models vs black-box ResNets on median beats (CPU sizes). The
+  # factor models are fitted on as many training records as the ResNets are
+  # trained on (20,000): with 4,000 the logistic model's reduced-EF AUROC was
+  # 0.843 (XGBoost 0.826), with 20,000 0.856 (0.846), ResNet 0.866.
+  config.downstream.update(num_train=20_000, num_test=1000)
   config.blackbox.update(targets=('reduced_ef', 'mortality'),
                          inputs=('beat',), num_train=20_000, num_steps=500)
   # The attribution stage at CPU sizes: a measures ResNet of 500 steps, the

@@ -341,7 +341,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rows += ptbxl_rows
   per_label = _per_label_table(config, workdir, fits, test, label_names)
   markdown, table = models_lib.comparison_table(rows)
-  markdown, table = models_lib.comparison_table(rows)
   files = {name: _save_json(folder, name, fit) for name, fit in fits.items()}
   files.update(ptbxl_files)
   files['comparison_json'] = _save_json(folder, 'comparison', table)
