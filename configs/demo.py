@@ -5,11 +5,14 @@
   python -m factorecg_jax.main --config=configs/demo.py --workdir=runs/demo \
       --mode=demo
 
-Measured on the 2-core development machine from a fresh clone (2026-12-02):
-14 min 00 s (simulated-data summary 16 s; two black-box ResNets 2 min 22 s;
-VAE training 5 min 25 s, held-out R^2 0.86; encode and traversals 41 s;
-disentanglement metrics 1 min 14 s, MIG 0.033, DCI 0.71; downstream
-comparison 43 s; attribution stage 3 min 18 s; report < 1 s), after 1.5-2.5
+Measured from a fresh clone on 2-core development machines (2026-12-02):
+9 min 34 s on an AMD Zen 5 (fp32 matmul peak ~300-390 GFLOP/s) and 14 min
+42 s on a Zen 4 (~170 GFLOP/s: simulated-data summary 20 s; two black-box
+ResNets 2 min 21 s; VAE training 5 min 31 s, held-out R^2 0.86; encode and
+traversals 45 s; disentanglement metrics 1 min 27 s, MIG 0.033, DCI 0.71;
+downstream comparison 49 s; attribution stage 3 min 30 s; report < 1 s),
+both with the factor models on 4,000 training records; the 20,000 used
+now took the downstream stage to 2 min 10 s on the Zen 4. Add 1.5-2.5
 min of environment creation. It writes to the workdir: simulated-data
 summary, the training run (config.json, metrics.jsonl, TensorBoard events,
 checkpoints), factors of held-out records, traversal figures,

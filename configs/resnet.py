@@ -19,6 +19,11 @@ The argument is ':'-separated: first the target, then modifiers.
               eval/mae_<name> per target in its unit (eval/mae_qrs_ms, ...)
   mortality   'cox', survival head on time/event (eval/c_index,
               eval/auroc_1y)
+  superclass  'classify', PTB-XL's 5 diagnostic superclasses (multi-label)
+              from its TFDS builder (data.source 'tfds', data.name
+              'ptbxl/default'; set data.data_dir to where you built it):
+              trained on folds 1-8, evaluated on fold 10 (the 'test'
+              split), every record of both (data.num_train/num_eval 0)
   strip       modifier: the 10-s strip [5000, 12] instead of the median beat
               [600, 12] as input (config.data.input_key)
   age_sex     modifier: age and sex joined to the pooled features
@@ -47,7 +52,12 @@ MEASURES_MEAN = (82.9, 178.9, 110.3, 391.2, 449.9, 1.398, 0.151, 0.006,
                  31.0)
 MEASURES_STD = (22.0, 34.9, 23.2, 52.6, 47.6, 0.684, 0.263, 0.060, 54.0)
 
-TARGETS = ('reduced_ef', 'labels', 'ef', 'measures', 'mortality')
+# PTB-XL's diagnostic superclasses (ptbxl_dataset_builder.SUPERCLASSES:
+# NORM, MI, STTC, CD, HYP).
+NUM_SUPERCLASSES = 5
+
+TARGETS = ('reduced_ef', 'labels', 'ef', 'measures', 'mortality',
+           'superclass')
 MODIFIERS = ('strip', 'age_sex', 'tiny')
 
 
@@ -72,10 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   # Batch keys joined into the ResNet's `extra` input ([batch, E]).
   config.loss.extra_keys = ('age', 'sex') if 'age_sex' in modifiers else ()
-  if target in ('reduced_ef', 'labels'):
+  if target in ('reduced_ef', 'labels', 'superclass'):
     config.task = 'classify'
     config.loss.target_key = target
-    num_outputs = NUM_LABELS if target == 'labels' else 1
+    num_outputs = {'labels': NUM_LABELS,
+                   'superclass': NUM_SUPERCLASSES}.get(target, 1)
     targets = (target,)
   elif target == 'ef':
     config.task = 'regress'
@@ -110,6 +121,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.input_key = 'strip' if 'strip' in modifiers else 'beat'
   config.data.normalization = 'per_lead'
   config.data.extra_keys = targets + tuple(config.loss.extra_keys)
+  if target == 'superclass':
+    # PTB-XL through its builder: the benchmark's folds, every record.
+    config.data.update(source='tfds', name='ptbxl/default', eval_split='test',
+                       num_train=0, num_eval=0)
 
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', lr=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4,

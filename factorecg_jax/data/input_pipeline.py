@@ -482,9 +482,14 @@ def _make_sources(data_config, fields: Sequence[str]) -> tuple[Any, Any]:
         ),
     )
   if kind == 'tfds':
-    # Registers `synthetic_ecg` so that TFDS can find (and build) it by name.
-    # pylint: disable-next=g-import-not-at-top,unused-import
+    # Registers the project's builders (synthetic_ecg, ptbxl, deepfake_ecg,
+    # ecg_folder) so that TFDS finds (and can build) them by name.
+    # pylint: disable=g-import-not-at-top,unused-import
+    from factorecg_jax.data.deepfake_ecg import deepfake_ecg_dataset_builder
+    from factorecg_jax.data.ecg_folder import ecg_folder_dataset_builder
+    from factorecg_jax.data.ptbxl import ptbxl_dataset_builder
     from factorecg_jax.data.synthetic_ecg import synthetic_ecg_dataset_builder
+    # pylint: enable=g-import-not-at-top,unused-import
 
     download = data_config.get('download')
     if download is None:

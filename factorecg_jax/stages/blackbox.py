@@ -7,7 +7,10 @@ ordinary run in `<workdir>/blackbox/<target>_<input>/` (resumable, skipped
 when already trained), on the same simulated population as the VAE (the
 run's `data.seed` and `data.mode`), evaluated on the first
 `downstream.num_test` records of the validation split, the records the factor
-models are tested on. Each run's final eval predictions
+models are tested on. When `downstream.ptbxl.name` names a built PTB-XL, one
+more run per input (`ptbxl_superclass_beat`, `ptbxl_superclass_strip`)
+learns its 5 diagnostic superclasses on folds 1-8 and predicts fold 10, the
+records the PTB-XL factor models are tested on. Each run's final eval predictions
 (`eval_predictions.npz`) are what the `downstream` stage compares.
 """
 
@@ -26,9 +29,19 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+# The target of the PTB-XL runs (configs/resnet.py:superclass).
+PTBXL_TARGET = 'ptbxl_superclass'
+
+
+def ptbxl_block(config: ml_collections.ConfigDict) -> Any:
+  """`config.downstream.ptbxl` when a PTB-XL data set is named, else None."""
+  pt = config.get('downstream', {}).get('ptbxl')
+  return pt if pt and pt.get('name') else None
+
+
 def applies(config: ml_collections.ConfigDict) -> bool:
   return encode.is_vae(config) and 'blackbox' in config and bool(
-      config.blackbox.get('targets'))
+      config.blackbox.get('targets') or ptbxl_block(config))
 
 
 def run_name(target: str, input_key: str) -> str:
@@ -83,6 +96,34 @@ def resnet_config(config: ml_collections.ConfigDict, target: str,
   return out
 
 
+def ptbxl_config(config: ml_collections.ConfigDict, input_key: str
+                 ) -> ml_collections.ConfigDict:
+  """The ResNet of PTB-XL's superclasses, on the data set of the downstream
+  stage's PTB-XL comparison (`downstream.ptbxl`: name, data_dir, num_train,
+  num_test; 0 takes the whole split): trained on folds 1-8 (the 'train'
+  split), evaluated on fold 10 ('test'); `input_key` 'beat' or 'strip' (the
+  builder's 10-s strips, stored unless built with `with_strip=False`)."""
+  pt = ptbxl_block(config)
+  sizes = ml_collections.ConfigDict(config.blackbox.to_dict())
+  sizes.num_train = 0  # the simulated runs' size is not PTB-XL's
+  sizes.mortality_age_sex = False
+  out = resnet_config(config, 'superclass', input_key, sizes=sizes,
+                      num_eval=int(pt.get('num_test', 0)))
+  out.data.update(source='tfds', name=pt.name,
+                  data_dir=pt.get('data_dir') or None, eval_split='test',
+                  num_train=int(pt.get('num_train', 0)), download=False)
+  return out
+
+
+def _runs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(target, input) of every comparison run."""
+  runs = [(t, i) for t in config.blackbox.get('targets', ())
+          for i in config.blackbox.inputs]
+  if ptbxl_block(config):
+    runs += [(PTBXL_TARGET, i) for i in config.blackbox.inputs]
+  return runs
+
+
 @stages.register('blackbox', requires=(), order=50, folder=FOLDER,
                  sections=('seed', 'data', 'blackbox', 'downstream'),
                  applies=applies,
@@ -92,28 +133,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from factorecg_jax import demo  # pylint: disable=g-import-not-at-top
   from factorecg_jax.training import train  # pylint: disable=g-import-not-at-top
   runs, scalars, files = [], {}, {}
-  targets = tuple(config.blackbox.targets)
-  inputs = tuple(config.blackbox.inputs)
-  for i, target in enumerate(targets):
-    for j, input_key in enumerate(inputs):
-      name = run_name(target, input_key)
-      cfg = resnet_config(config, target, input_key)
-      directory = run_dir(workdir, target, input_key)
-      k = i * len(inputs) + j + 1
-      if stages.training_complete(cfg, directory):
-        console.info(f'  ResNet {name} ({k}/{len(targets) * len(inputs)}): '
-                     'trained, skipped')
-      else:
-        console.info(f'  ResNet {name} ({k}/{len(targets) * len(inputs)})')
-        train.train_and_evaluate(cfg, directory)
-      headline, _ = demo.train_headline(directory)
-      runs.append(dict(name=name, target=target, input=input_key,
-                       task=cfg.task, workdir=os.path.join(FOLDER, name),
-                       **{k: v for k, v in headline.items()}))
-      for key, value in headline.items():
-        if isinstance(value, float):
-          scalars[f'{name}/{key}'] = value
-      files[name] = os.path.join(directory, train.PREDICTIONS_FILE)
+  todo = _runs(config)
+  for k, (target, input_key) in enumerate(todo, start=1):
+    name = run_name(target, input_key)
+    cfg = (ptbxl_config(config, input_key) if target == PTBXL_TARGET
+           else resnet_config(config, target, input_key))
+    directory = run_dir(workdir, target, input_key)
+    if stages.training_complete(cfg, directory):
+      console.info(f'  ResNet {name} ({k}/{len(todo)}): trained, skipped')
+    else:
+      console.info(f'  ResNet {name} ({k}/{len(todo)})')
+      train.train_and_evaluate(cfg, directory)
+    headline, _ = demo.train_headline(directory)
+    runs.append(dict(name=name, target=target, input=input_key,
+                     task=cfg.task, workdir=os.path.join(FOLDER, name),
+                     **{k: v for k, v in headline.items()}))
+    for key, value in headline.items():
+      if isinstance(value, float):
+        scalars[f'{name}/{key}'] = value
+    files[name] = os.path.join(directory, train.PREDICTIONS_FILE)
   return stages.summary(
       scalars=scalars,
       headline={f'ResNet {r["name"]}': _headline_metric(r) for r in runs},

@@ -21,7 +21,8 @@ EF, 1-year mortality):
 * real data, when you have it: PTB-XL's diagnostic superclasses through its
   TFDS builder (`downstream.ptbxl.name`, e.g. 'ptbxl/default', and
   `data_dir`): the VAE encodes PTB-XL's median beats and logistic models on
-  its factors + age + sex are fitted on folds 1-8 and tested on fold 10.
+  its factors (alone, and + age + sex) are fitted on folds 1-8 and tested on
+  fold 10, beside the ResNet the `blackbox` stage trains on the same folds.
 
 Every AUROC and C-index has a bootstrap 95 % CI (`downstream.num_resamples`,
 2,000 as the paper). Writes `<workdir>/downstream/`: comparison.json/.md/.png,
@@ -337,7 +338,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows += _blackbox_rows(config, workdir, ext, train_rec, num_resamples,
                            seed, external_mode=external, suffix=suffix)
 
-  ptbxl_rows, ptbxl_files = _ptbxl_rows(config, encode_fn, dims, kw, folder)
+  ptbxl_rows, ptbxl_files = _ptbxl_rows(config, workdir, encode_fn, dims, kw,
+                                        folder)
   rows += ptbxl_rows
   per_label = _per_label_table(config, workdir, fits, test, label_names)
   markdown, table = models_lib.comparison_table(rows)
@@ -422,7 +424,9 @@ def _ptbxl_split(pt, split: str, limit: int) -> dict[str, np.ndarray]:
       pt.name, split, data_dir=pt.get('data_dir') or None,
       fields=('beat', 'superclass', 'age', 'sex'), download=False)
   n = len(source) if limit <= 0 else min(int(limit), len(source))
-  return source.get_batch(np.arange(n))
+  out = source.get_batch(np.arange(n))
+  out['index'] = np.arange(n)  # record index in the split
+  return out
 
 
 def _ptbxl_covariates(rec, age_fill: float) -> np.ndarray:
@@ -435,13 +439,15 @@ def _ptbxl_covariates(rec, age_fill: float) -> np.ndarray:
   return np.stack([age, male], axis=1)
 
 
-def _ptbxl_rows(config, encode_fn, dims, kw, folder
+def _ptbxl_rows(config, workdir, encode_fn, dims, kw, folder
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """Factor models for PTB-XL's diagnostic superclasses, when configured.
+  """Factor models and the ResNet for PTB-XL's superclasses, if configured.
 
   The VAE trained on simulated beats encodes PTB-XL median beats; logistic
-  regressions on its active factors (+ age and sex) are fitted on the
-  benchmark's training folds (1-8) and tested on fold 10.
+  regressions on its active factors, alone and with age and sex, are fitted
+  on the benchmark's training folds (1-8) and tested on fold 10, beside the
+  `blackbox` stage's ResNet trained on the same folds' beats (the like-for-
+  like comparison is with the factors alone: the ResNet sees no age or sex).
   """
   pt = config.downstream.get('ptbxl')
   if not pt or not pt.get('name'):
@@ -455,19 +461,37 @@ def _ptbxl_rows(config, encode_fn, dims, kw, folder
   mu_test, _ = encode_fn(test['beat'])
   age_fill = float(np.nanmedian(train['age'])) if np.isfinite(
       train['age']).any() else 62.0
-  names = [f'factor {d}' for d in dims] + ['age', 'male']
-  x_train = np.concatenate([mu_train[:, dims], _ptbxl_covariates(
-      train, age_fill)], axis=1)
-  x_test = np.concatenate([mu_test[:, dims], _ptbxl_covariates(
-      test, age_fill)], axis=1)
-  fit = models_lib.fit_logistic_multilabel(
-      x_train, np.asarray(train['superclass'], bool), x_test,
-      np.asarray(test['superclass'], bool), names=names,
-      label_names=list(pb.SUPERCLASSES), **kw)
-  path = _save_json(folder, 'ptbxl_superclasses_logistic', fit)
-  row = models_lib.comparison_row(fit, model='factors + age, sex: logistic',
-                                  task='PTB-XL superclasses')
-  return [row], {'ptbxl_superclasses_logistic': path}
+  task = 'PTB-XL superclasses'
+  y_train = np.asarray(train['superclass'], bool)
+  y_test = np.asarray(test['superclass'], bool)
+  rows, files = [], {}
+  for name, model, covariates in (
+      ('ptbxl_superclasses_factors_logistic', 'factors: logistic', False),
+      ('ptbxl_superclasses_logistic', 'factors + age, sex: logistic',
+       True)):
+    names = [f'factor {d}' for d in dims]
+    x_train, x_test = mu_train[:, dims], mu_test[:, dims]
+    if covariates:
+      names += ['age', 'male']
+      x_train = np.concatenate(
+          [x_train, _ptbxl_covariates(train, age_fill)], axis=1)
+      x_test = np.concatenate(
+          [x_test, _ptbxl_covariates(test, age_fill)], axis=1)
+    fit = models_lib.fit_logistic_multilabel(
+        x_train, y_train, x_test, y_test, names=names,
+        label_names=list(pb.SUPERCLASSES), **kw)
+    files[name] = _save_json(folder, name, fit)
+    rows.append(models_lib.comparison_row(fit, model=model, task=task))
+  for input_key in (config.blackbox.inputs if blackbox.applies(config)
+                    else ()):
+    found = _saved_predictions(workdir, blackbox.PTBXL_TARGET, input_key,
+                               test)
+    if found is not None:
+      order, out = found
+      ci = statistics.bootstrap_macro_auroc(y_test[order], out, **kw)
+      rows.append(_row(f'ResNet ({input_key})', task, 'macro AUROC', ci,
+                       len(order)))
+  return rows, files
 
 
 def _fmt_ci(row: dict[str, Any]) -> str:

@@ -393,18 +393,44 @@ def test_downstream_on_ptbxl_superclasses(pipeline, tmp_path):
   config = ml_collections.ConfigDict(run_config.to_dict())
   config.downstream.ptbxl.update(name='ptbxl/default', data_dir=data_dir)
   config.downstream.external_mode = ''
-  config.blackbox.targets = ()  # scored in the test above
+  # The simulated runs are scored in the test above; only PTB-XL's ResNet.
+  config.blackbox.targets = ()
   workdir = str(tmp_path / 'run')
   # The trained tiny VAE of the module's run, in a workdir of its own.
   shutil.copytree(run_workdir, workdir,
                   ignore=shutil.ignore_patterns('downstream', 'blackbox',
                                                 'explain', 'report'))
+  blackbox = stages.run_stage('blackbox', config, workdir)
+  assert [r['name'] for r in blackbox['tables']['runs']] == [
+      'ptbxl_superclass_beat']
+  # The ResNet learnt PTB-XL's 5 superclasses from the builder's folds 1-8
+  # and predicted every record of fold 10, in order.
+  run = os.path.join(workdir, 'blackbox', 'ptbxl_superclass_beat')
+  with open(os.path.join(run, 'config.json')) as f:
+    data = json.load(f)['data']
+  assert (data['source'], data['name'], data['eval_split']) == (
+      'tfds', 'ptbxl/default', 'test')
+  pred = np.load(os.path.join(run, train.PREDICTIONS_FILE))
+  np.testing.assert_array_equal(pred['index'], np.arange(num_test))
+  assert pred['logits'].shape == (num_test, len(pb.SUPERCLASSES))
   result = stages.run_stage('downstream', config, workdir)
   rows = [r for r in result['tables']['comparison']
           if r['task'] == 'PTB-XL superclasses']
-  assert len(rows) == 1
-  assert rows[0]['model'] == 'factors + age, sex: logistic'
-  assert rows[0]['n'] == num_test
+  assert [r['model'] for r in rows] == [
+      'factors: logistic', 'factors + age, sex: logistic', 'ResNet (beat)']
+  for r in rows:
+    assert r['n'] == num_test and 0.0 <= r['value'] <= 1.0, r
+  # The ResNet's row scores its saved predictions.
+  test = sources.TfdsSource('ptbxl/default', 'test', data_dir=data_dir,
+                            fields=('superclass',), download=False)
+  labels = test.get_batch(np.arange(num_test))['superclass']
+  from factorecg_jax.analysis import statistics  # pylint: disable=g-import-not-at-top
+  expected = statistics.bootstrap_macro_auroc(
+      labels, pred['logits'], num_resamples=config.downstream.num_resamples,
+      seed=config.seed)
+  assert rows[2]['value'] == pytest.approx(expected['value'])
+  assert (rows[2]['low'], rows[2]['high']) == pytest.approx(
+      (expected['low'], expected['high']))
   with open(os.path.join(workdir, result['files'][
       'ptbxl_superclasses_logistic'])) as f:
     fit = json.load(f)
