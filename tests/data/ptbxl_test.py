@@ -60,11 +60,18 @@ def _write_ptbxl(root: str, records: dict) -> None:
       'diagnostic_class': ['NORM', 'MI', 'HYP', np.nan, 'STTC', 'CD'],
   }, index=['NORM', 'IMI', 'LVH', 'SR', 'NDT', 'CLBBB']).to_csv(
       os.path.join(root, 'scp_statements.csv'))
-  # A PTB-XL+ median beat for record 1 only: its clean beat, 30 samples late.
+  # A PTB-XL+ median beat for record 1 only: its clean beat, 30 samples
+  # late, as PTB-XL+ 1.0.1 ships them: in a thousand-record folder, the
+  # header's record name with a folder (which wfdb refuses), microvolt
+  # values under a 'mV' unit.
   plus = np.roll(records['beat_clean'][0], 30, axis=0)
-  ingest.write_wfdb(
-      os.path.join(root, 'ptb-xl-plus/median_beats/12sl/00001_medians'),
-      plus, 500)
+  record = os.path.join(root, 'ptb-xl-plus/median_beats/12sl/00000/'
+                        '00001_medians')
+  ingest.write_wfdb(record, 1000.0 * plus, 500, adc_gain=1.0)
+  with open(record + '.hea') as f:
+    header = f.read()
+  with open(record + '.hea', 'w') as f:
+    f.write('ge_median_beats_wfdb/' + header)
   _write_plus_features(root, records)
 
 
@@ -176,6 +183,19 @@ class PtbxlTest(absltest.TestCase):
     self.assertGreater(
         np.corrcoef(plus[150:450].ravel(), computed[150:450].ravel())[0, 1],
         0.98)
+
+  def test_plus_beats_in_microvolts_are_converted_only_then(self):
+    reference = self.records['beat_clean'][0]
+    np.testing.assert_allclose(pb.to_millivolts(1000.0 * reference,
+                                                reference), reference,
+                               rtol=1e-6, atol=1e-6)
+    # A beat in mV, even twice as large or small, is left as it is.
+    for scale in (0.5, 1.0, 2.0):
+      np.testing.assert_array_equal(
+          pb.to_millivolts(scale * reference, reference), scale * reference)
+    # A flat reference decides nothing.
+    np.testing.assert_array_equal(
+        pb.to_millivolts(reference, np.zeros_like(reference)), reference)
 
   def test_ptbxl_plus_measures_come_through(self):
     data_dir = os.path.join(self._tmp.name, 'measures')

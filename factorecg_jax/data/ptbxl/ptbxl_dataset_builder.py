@@ -17,6 +17,7 @@ data set folder (see `factorecg_jax.data.ingest`).
 import ast
 import dataclasses
 import os
+import tempfile
 from typing import Any, Iterator
 
 from absl import logging
@@ -95,7 +96,10 @@ class PtbxlConfig(tfds.core.BuilderConfig):
       absolute).
     ptbxl_plus_pattern: a PTB-XL+ median beat record (WFDB, no extension)
       under ptbxl_plus_dir; formatted with ecg_id and folder (ecg_id
-      rounded down to thousands, as PTB-XL's records500/<folder>/).
+      rounded down to thousands, as PTB-XL's records500/<folder>/). The
+      default is PTB-XL+ 1.0.1's 12SL layout,
+      median_beats/12sl/14000/14203_medians (Uni-G's file names have six
+      digits: 'median_beats/unig/{folder:05d}/{ecg_id:06d}_medians').
     plus_features: '' (none) or a PTB-XL+ algorithm ('12sl', 'unig',
       'ecgdeli'; PLUS_FEATURE_COLUMNS): store its measurements as
       'measures' [9] (simulator.MEASURE_NAMES), NaN where missing.
@@ -110,7 +114,7 @@ class PtbxlConfig(tfds.core.BuilderConfig):
   with_strip: bool = True
   median_beats: str = 'computed'
   ptbxl_plus_dir: str = 'ptb-xl-plus'
-  ptbxl_plus_pattern: str = 'median_beats/12sl/{ecg_id:05d}_medians'
+  ptbxl_plus_pattern: str = 'median_beats/12sl/{folder:05d}/{ecg_id:05d}_medians'
   plus_features: str = ''
   plus_features_pattern: str = 'features/{algorithm}_features.csv'
   batch_size: int = 64
@@ -121,9 +125,15 @@ class Builder(ingest.MedianBeatBuilder,
               tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for ptbxl."""
 
-  # 'plus_measures' (1.0.0 too) is a new config; the others are unchanged.
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # 1.1.0 changed only how 'ptbxl_plus' reads PTB-XL+ beats.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'ptbxl_plus: PTB-XL+ median beats read from their '
+               'thousand-record folders, headers whose record name has a '
+               'folder accepted, microvolt beats stored in mV; the other '
+               'configs unchanged.',
+  }
   BUILDER_CONFIGS = [
       PtbxlConfig(
           name='default',
@@ -253,7 +263,7 @@ class Builder(ingest.MedianBeatBuilder,
           report.skip(item.record_id, split, e)
           continue
         if plus is not None:
-          beat, source = align_beat(plus, beat), 1
+          beat, source = align_beat(to_millivolts(plus, beat), beat), 1
       codes = parse_scp_codes(row.scp_codes)
       labels = np.zeros(len(SCP_CODES), np.bool_)
       labels[[code_index[c] for c in codes if c in code_index]] = True
@@ -412,7 +422,7 @@ def read_plus_beat(
   if not os.path.exists(path + '.hea'):
     return None
   try:
-    signal = ingest.read_wfdb(path)
+    signal = _read_plus_wfdb(path)
     return ingest.standardize(
         signal, fs=median_beat.FS, num_samples=median_beat.BEAT_LEN
     )
@@ -420,6 +430,61 @@ def read_plus_beat(
     raise ingest.RecordError(
         'bad_median_beat', f'PTB-XL+: {e.reason} {e.detail}'.strip()
     ) from e
+
+
+def _read_plus_wfdb(path: str) -> ingest.Signal:
+  """Reads a PTB-XL+ WFDB record, whose header may name it with a folder.
+
+  PTB-XL+ 1.0.1's 12SL headers begin 'ge_median_beats_wfdb/00001_medians 12
+  500 600', which the wfdb package refuses (a record name has no '/';
+  MIT-LCP/wfdb-python issue 528). Such a header is read from a copy without
+  the folders (in the record line and the signal lines' file names), beside
+  links to the record's signal files.
+  """
+  with open(path + '.hea', encoding='latin-1') as f:
+    lines = f.read().splitlines()
+  content = [i for i, line in enumerate(lines)
+             if line.strip() and not line.lstrip().startswith('#')]
+  if not content or '/' not in lines[content[0]].split()[0]:
+    return ingest.read_wfdb(path)
+  name = os.path.basename(path)
+  for k, i in enumerate(content):
+    fields = lines[i].split()
+    fields[0] = name if k == 0 else fields[0].rsplit('/', 1)[-1]
+    lines[i] = ' '.join(fields)
+  folder = os.path.dirname(path)
+  with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, name + '.hea'), 'w', encoding='latin-1') as f:
+      f.write('\n'.join(lines) + '\n')
+    for entry in os.listdir(folder):
+      if entry.startswith(name) and not entry.endswith('.hea'):
+        os.symlink(os.path.join(folder, entry), os.path.join(tmp, entry))
+    return ingest.read_wfdb(os.path.join(tmp, name))
+
+
+# A PTB-XL+ beat whose amplitudes are this many times those of the beat
+# computed from the same strip is taken to be in microvolts.
+_MICROVOLT_RATIO = (100.0, 10_000.0)
+
+
+def to_millivolts(beat: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """`beat` [600, 12] in mV, judged against `reference` (mV, same record).
+
+  PTB-XL+ headers say mV, but its median beats have been reported to hold
+  microvolts (values ~1,000 times the feature tables' and the strips'). The
+  median over leads of the peak-to-peak ratio to the beat computed from
+  the record's own strip decides: between 100 and 10,000 the beat is
+  divided by 1,000; otherwise it is returned unchanged.
+  """
+  span = np.ptp(reference, axis=0)
+  usable = span > 1e-3
+  if not usable.any():
+    return beat
+  ratio = float(np.median(np.ptp(beat, axis=0)[usable] / span[usable]))
+  low, high = _MICROVOLT_RATIO
+  if low <= ratio <= high:
+    return (beat / 1000.0).astype(np.float32)
+  return beat
 
 
 def align_beat(beat: np.ndarray, reference: np.ndarray) -> np.ndarray:
