@@ -6,9 +6,9 @@ restricted to training and the encode/evaluate stages (`--stages`),
 shortened to 600 of its 1,000 steps (the same schedule shape, warm-up and
 sizes otherwise) and without the intervention scores (their own tests cover
 them). This is exactly the 600-step run of the beta sweep behind the demo's
-choice (README "A disentangled demo?"), whose values on the 2-core
-development machine give the floors (MEASURED), with margins for
-floating-point differences between machines. The demo's earlier, entangled
+choice (README "A disentangled demo?"), whose values on two 2-core
+machines (with and without AVX-512) give the floors (MEASURED, the worse of
+the two), with margins. The demo's earlier, entangled
 setting (beta 4) measured at the same 600 steps (ENTANGLED) fails them, so a
 regression to entangled factors fails here. 400 steps are too few: beta 256
 then reaches R^2 0.57 only, its factors not formed yet.
@@ -32,10 +32,25 @@ _SHORT_RUN = (
     f'--config.train.checkpoint_every={STEPS}',
     '--config.analysis.interventions=False',
 )
-# 2026-12-02, 2-core machine: configs/demo.py (beta 256, fixed sd 0.05) with
-# these overrides, and --config.loss.beta=4 with the same (not asserted;
-# the floors below lie between the two).
-MEASURED = dict(r2=0.819, mig=0.0226, dci=0.744, distinct=15, top_repeat=5)
+# configs/demo.py (beta 256, fixed sd 0.05) with these overrides on two
+# 2-core machines: the 600-step trajectory depends on the CPU's vector
+# instructions (XLA rounds differently with and without AVX-512), so the
+# floors take the worse of the two, with margins. --config.loss.beta=4 with
+# the same overrides (ENTANGLED, Zen 4; not asserted) fails the MIG floor
+# and the top-repeat ceiling.
+MEASURED_BY_CPU = {
+    'zen4_avx512_2026_12_02': dict(r2=0.819, mig=0.0226, dci=0.744,
+                                   distinct=15, top_repeat=5),
+    'zen3_avx2_2026_12_07': dict(r2=0.781, mig=0.0226, dci=0.700,
+                                 distinct=10, top_repeat=11),
+}
+MEASURED = dict(
+    r2=min(m['r2'] for m in MEASURED_BY_CPU.values()),
+    mig=min(m['mig'] for m in MEASURED_BY_CPU.values()),
+    dci=min(m['dci'] for m in MEASURED_BY_CPU.values()),
+    distinct=min(m['distinct'] for m in MEASURED_BY_CPU.values()),
+    top_repeat=max(m['top_repeat'] for m in MEASURED_BY_CPU.values()),
+)
 ENTANGLED = dict(r2=0.888, mig=0.0110, dci=0.749, distinct=10, top_repeat=14)
 
 
@@ -68,7 +83,7 @@ def test_training_loss_falls_and_reconstruction_generalises(demo_run):
   assert evals[-1]['step'] == STEPS
   assert evals[-1]['eval/r2'] > evals[0]['eval/r2']
   # Held-out simulated beats (noise alone caps R^2 at ~0.98).
-  assert evals[-1]['eval/r2'] >= MEASURED['r2'] - 0.03, evals[-1]['eval/r2']
+  assert evals[-1]['eval/r2'] >= MEASURED['r2'] - 0.02, evals[-1]['eval/r2']
 
 
 def test_factors_are_disentangled_beyond_the_entangled_setting(demo_run):
@@ -78,11 +93,12 @@ def test_factors_are_disentangled_beyond_the_entangled_setting(demo_run):
   assert result['settings']['importance'] == 'lasso'
   # Floors between the two measured settings.
   assert scores['mig'] >= 0.8 * MEASURED['mig'], scores['mig']
-  assert scores['dci_disentanglement'] >= MEASURED['dci'] - 0.05
+  assert scores['dci_disentanglement'] >= MEASURED['dci'] - 0.03
   names = collections.Counter(b['label'] for b in result['best'])
-  # More distinct names, fewer copies of the commonest one, than beta 4.
-  assert len(names) >= MEASURED['distinct'] - 2, names
-  assert max(names.values()) <= MEASURED['top_repeat'] + 2, names
+  # Fewer copies of the commonest name than beta 4 (how many distinct names
+  # appear varies with the CPU: 15 and 10).
+  assert len(names) >= MEASURED['distinct'] - 1, names
+  assert max(names.values()) <= MEASURED['top_repeat'] + 1, names
   encode = _read(demo_run, 'factors', 'summary.json')
   assert 1 <= encode['scalars']['num_active'] <= 32
 

@@ -132,8 +132,10 @@ class SyntheticEcgTest(absltest.TestCase):
 
   def test_measures_are_derived_from_the_stored_measurements(self):
     # The builder stores no 'measures' (its features are unchanged); the
-    # TFDS source selects them from the stored measurements, bit for bit
-    # the on-the-fly values.
+    # TFDS source selects them from the stored measurements: the on-the-fly
+    # values to float32 rounding (the builder simulates in batches of
+    # another size, and XLA's vectorised code on CPUs without AVX-512 can
+    # round such batches differently in the last bit: seen on a Zen 3).
     self.assertNotIn('measures', sources.DEFAULT_FIELDS)
     self.assertNotIn('measures', sources.TfdsSource(
         'synthetic_ecg/tiny', 'train', self.data_dir).fields)
@@ -146,9 +148,10 @@ class SyntheticEcgTest(absltest.TestCase):
       got, want = disk.get_batch(np.arange(n)), fly.get_batch(np.arange(n))
       self.assertEqual(set(got), set(fields))
       self.assertEqual(got['measures'].shape, (n, simulator.NUM_MEASURES))
-      np.testing.assert_array_equal(got['measures'], want['measures'])
+      np.testing.assert_allclose(got['measures'], want['measures'],
+                                 rtol=2e-6, atol=1e-6)
       np.testing.assert_array_equal(disk[3]['measures'],
-                                    want['measures'][3])
+                                    got['measures'][3])
 
   def test_on_the_fly_matches_simulator_rule(self):
     # Record i of split s is `simulate_record(fold_in(split_key(seed, s), i))`.
