@@ -448,16 +448,20 @@ def _read_plus_wfdb(path: str) -> ingest.Signal:
   if not content or '/' not in lines[content[0]].split()[0]:
     return ingest.read_wfdb(path)
   name = os.path.basename(path)
+  signal_files = set()
   for k, i in enumerate(content):
     fields = lines[i].split()
     fields[0] = name if k == 0 else fields[0].rsplit('/', 1)[-1]
+    if k:
+      signal_files.add(fields[0])
     lines[i] = ' '.join(fields)
   folder = os.path.dirname(path)
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, name + '.hea'), 'w', encoding='latin-1') as f:
       f.write('\n'.join(lines) + '\n')
-    for entry in os.listdir(folder):
-      if entry.startswith(name) and not entry.endswith('.hea'):
+    # Only the files the header names (a folder holds 1,000 records).
+    for entry in signal_files:
+      if os.path.exists(os.path.join(folder, entry)):
         os.symlink(os.path.join(folder, entry), os.path.join(tmp, entry))
     return ingest.read_wfdb(os.path.join(tmp, name))
 
