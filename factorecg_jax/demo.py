@@ -81,8 +81,7 @@ def simulate_summary(config: ml_collections.ConfigDict, workdir: str
   console.info(f'  simulating {sc.num_records} records ({sc.mode} sampler)')
   t0 = time.perf_counter()
   rec = sim.simulate_records(jax.random.key(config.seed), sc.num_records,
-                             mode=sc.mode, chunk_size=min(2048,
-                                                          sc.num_records))
+                             mode=sc.mode)
   seconds = time.perf_counter() - t0
   logging.info('Simulated %d records in %.1f s (compile included).',
                sc.num_records, seconds)

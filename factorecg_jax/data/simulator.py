@@ -876,7 +876,24 @@ RECORD_FIELDS = ('factors', 'beat', 'beat_clean', 'measurements', 'labels',
                  'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats',
                  'measures')
 _STRIP_FIELDS = ('strip', 'strip_clean', 'qrs_onsets', 'r_peaks', 'num_beats')
-_MIN_CHUNK = 8
+# Records per compiled call, whatever the request: XLA rounds a vmapped
+# program's floats differently at different batch sizes, so one fixed size
+# keeps a record's bits independent of how many records were asked for.
+BLOCK = 64
+# The compiled programs, each computing all of its fields: a field comes from
+# the same program whatever else is requested (a program computing other
+# outputs fuses, and rounds, differently), so each record is bit-identical
+# across requests, and at most five programs compile per sampler setting.
+# Only the survival draw depends on the survival model; the other programs
+# run with the default one, so they are the same program under either.
+_SURVIVAL_FIELDS = ('time', 'event')
+_PROGRAMS = (
+    ('factors', 'measurements', 'labels', 'ef', 'reduced_ef', 'age', 'sex'),
+    _SURVIVAL_FIELDS,
+    ('beat',),
+    ('beat_clean',),
+    _STRIP_FIELDS,
+)
 
 
 @functools.partial(jax.jit, static_argnames=('mode', 'shape_k', 'fields',
@@ -896,23 +913,23 @@ def _simulate_indices(key, indices, lam, rr_std, *, mode, shape_k, fields,
   return jax.vmap(one)(indices)
 
 
-def _bucket(n: int, chunk_size: int) -> int:
-  """Padded call length: a power of two in [8, chunk_size] (few compiles)."""
-  return min(chunk_size, max(_MIN_CHUNK, 1 << max(0, (n - 1).bit_length())))
-
-
 def simulate_records(key: jax.Array, n: int | None = None, *,
                      indices: np.ndarray | None = None,
                      mode: str = 'uniform', strips: bool = False,
                      fields: Sequence[str] | None = None,
                      rr_std: float = 0.05, shape_k: float = 1.0,
-                     chunk_size: int = 4096, exact_noise: bool = False,
+                     exact_noise: bool = False,
                      survival_model: str = 'age_sex') -> dict[str, Any]:
   """Records `indices` (default 0..n-1); record i = simulate_record(fold_in(key, i)).
 
-  Records are generated in jitted calls of at most `chunk_size` records,
-  padded to a power of two so that few call sizes compile, and returned as
-  numpy arrays.
+  Records are generated in jitted calls of `BLOCK` records (the last one
+  padded) by at most five compiled programs (`_PROGRAMS`: the scalar fields,
+  the survival draw, the beat, the clean beat, the strip fields), each
+  always computing all of its fields, and returned as numpy arrays. So a
+  record's values do not depend on the request: the same bits whether it is
+  asked for alone or among thousands, with or without other fields, on the
+  fly or through the synthetic_ecg builder, and every field but time and
+  event the same bits under either survival model.
 
   Args:
     key: PRNG key of the data set split.
@@ -922,10 +939,10 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
       `simulate_record` ('ecg_only' reproduces records made before age and
       sex entered the hazard).
     strips: include the strip fields (ignored when `fields` is given).
-    fields: subset of RECORD_FIELDS to compute and return (default: all but
-      the strip fields, or all with `strips`). 'measures' [n, NUM_MEASURES]
-      is selected from the measurements (`measures_from_measurements`).
-    chunk_size: most records per jitted call.
+    fields: subset of RECORD_FIELDS to return (default: all but the strip
+      fields, or all with `strips`); only the programs holding them run.
+      'measures' [n, NUM_MEASURES] is selected from the measurements
+      (`measures_from_measurements`).
 
   Returns:
     dict of numpy arrays with a leading record axis (see `simulate_record`).
@@ -955,21 +972,32 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
   _check_survival_model(survival_model)
   lam = np.float32(calibrate_lambda(mode, shape_k,
                                     survival_model=survival_model))
-  size = _bucket(len(indices), chunk_size)
-  chunks = []
-  for start in range(0, len(indices), size):
-    idx = indices[start:start + size]
-    padded = np.zeros(size, np.uint32)
-    padded[:len(idx)] = idx
-    out = _simulate_indices(key, padded, lam, np.float32(rr_std), mode=mode,
-                            shape_k=shape_k, fields=fields,
-                            exact_noise=exact_noise,
-                            survival_model=survival_model)
-    chunks.append(jax.tree.map(lambda x, k=len(idx): np.asarray(x)[:k],
-                               jax.device_get(out)))
-  if not chunks:
+  if not len(indices):
     raise ValueError('no records requested')
-  out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *chunks)
+  blocks = [indices[start:start + BLOCK]
+            for start in range(0, len(indices), BLOCK)]
+  out = {}
+  for program in _PROGRAMS:
+    wanted = [f for f in program if f in fields]
+    if not wanted:
+      continue
+    model = (survival_model if program == _SURVIVAL_FIELDS
+             else SURVIVAL_MODELS[0])
+    calls = []
+    for idx in blocks:
+      padded = np.zeros(BLOCK, np.uint32)
+      padded[:len(idx)] = idx
+      calls.append(_simulate_indices(
+          key, padded, lam, np.float32(rr_std), mode=mode, shape_k=shape_k,
+          fields=program, exact_noise=exact_noise, survival_model=model))
+    host = jax.device_get(calls)  # all blocks dispatched before waiting
+    for f in wanted:
+      out[f] = jax.tree.map(
+          lambda *xs: np.concatenate(
+              [np.asarray(x)[:len(idx)] for x, idx in zip(xs, blocks)],
+              axis=0),
+          *[h[f] for h in host])
+  out = {f: out[f] for f in RECORD_FIELDS if f in out}
   if want_measures:
     out['measures'] = measures_from_measurements(out['measurements'])
     if not keep_measurements:

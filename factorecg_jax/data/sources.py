@@ -52,9 +52,6 @@ DERIVED_FIELDS = ('measures',)
 DEFAULT_FIELDS = tuple(
     f for f in RECORD_FIELDS if f != 'strip' and f not in DERIVED_FIELDS
 )
-# Largest and smallest numbers of records simulated by one compiled call.
-MAX_CHUNK = 1024
-MIN_CHUNK = 8
 
 
 def _simulated_fields(fields: Iterable[str]) -> tuple[str, ...]:
@@ -91,15 +88,13 @@ def simulate_batch(
     mode: str = 'uniform',
     rr_std: float = 0.05,
     fields: Sequence[str] = DEFAULT_FIELDS,
-    max_chunk: int = MAX_CHUNK,
-    pad_to: int | None = None,
     survival_model: str = 'age_sex',
 ) -> dict[str, Any]:
   """Simulates the synthetic records `indices` of `split`.
 
-  Indices are padded to a fixed length (`pad_to`, or a power of two from
-  `MIN_CHUNK` to `max_chunk`; longer requests run in chunks of `max_chunk`),
-  so the simulator compiles once per length bucket, not once per request.
+  The simulator runs in compiled calls of a fixed size
+  (`simulator.BLOCK`), so it compiles once per program, not once per
+  request, and a record's bits do not depend on the request.
 
   Args:
     seed: data seed (the `seed` of the builder config).
@@ -108,8 +103,6 @@ def simulate_batch(
     mode: factor sampler, 'uniform' or 'realistic'.
     rr_std: beat-to-beat RR variability of the strips (relative).
     fields: record fields to return (subset of `RECORD_FIELDS`).
-    max_chunk: largest number of records per compiled call.
-    pad_to: if given, the exact padded length of every call (<= max_chunk).
     survival_model: hazard of 'time'/'event': 'age_sex' (default) or
       'ecg_only' (the earlier draw); see `simulator.simulate_record`.
 
@@ -125,7 +118,7 @@ def simulate_batch(
   if len(indices):
     batch = simulator.simulate_records(
         split_key(seed, split), indices=indices, mode=mode,
-        fields=sim_fields, rr_std=rr_std, chunk_size=pad_to or max_chunk,
+        fields=sim_fields, rr_std=rr_std,
         survival_model=survival_model)
   else:
     spec = record_spec(mode=mode, fields=sim_fields)
@@ -212,7 +205,6 @@ class OnTheFlySource:
       mode: str = 'uniform',
       fields: Sequence[str] = DEFAULT_FIELDS,
       rr_std: float = 0.05,
-      max_chunk: int = MAX_CHUNK,
       survival_model: str = 'age_sex',
   ):
     if num_records < 0 or num_records > 2**31:
@@ -230,7 +222,6 @@ class OnTheFlySource:
     self.mode = mode
     self.fields = tuple(fields)
     self.rr_std = float(rr_std)
-    self.max_chunk = int(max_chunk)
     self.survival_model = survival_model
 
   def __len__(self) -> int:
@@ -270,7 +261,6 @@ class OnTheFlySource:
         mode=self.mode,
         rr_std=self.rr_std,
         fields=self.fields,
-        max_chunk=self.max_chunk,
         survival_model=self.survival_model,
     )
 

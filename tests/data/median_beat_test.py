@@ -17,6 +17,9 @@ import scipy.signal
 from factorecg_jax.data import median_beat as mb
 from factorecg_jax.data import simulator as sim
 
+# Compiling dominates (many strip shapes); the arrays are small.
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
 _N = 32  # records per simulated data set
 _TOL = 5  # samples at 500 Hz: +-10 ms
 

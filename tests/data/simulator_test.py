@@ -17,8 +17,7 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 @functools.lru_cache(maxsize=None)
 def _records(n=900, mode='uniform', seed=3):
-  return sim.simulate_records(jax.random.key(seed), n, mode=mode,
-                              chunk_size=900)
+  return sim.simulate_records(jax.random.key(seed), n, mode=mode)
 
 
 def _check_limb_identities(x, atol):
@@ -29,7 +28,7 @@ def _check_limb_identities(x, atol):
 
 
 def test_limb_identities_hold_clean_noisy_and_strip():
-  r = sim.simulate_records(jax.random.key(0), 16, strips=True, chunk_size=16)
+  r = sim.simulate_records(jax.random.key(0), 16, strips=True)
   assert r['factors'][:, sim.FACTOR_INDEX['noise_level']].max() > 0.3
   for name in ('beat', 'beat_clean', 'strip', 'strip_clean'):
     _check_limb_identities(r[name], atol=2e-6)
@@ -134,17 +133,41 @@ def test_jax_beat_equals_numpy_reference(neighbours):
 
 
 def test_same_key_same_record_different_key_different():
-  a = sim.simulate_records(jax.random.key(11), 4, strips=True, chunk_size=4)
-  b = sim.simulate_records(jax.random.key(11), 4, strips=True, chunk_size=4)
-  c = sim.simulate_records(jax.random.key(12), 4, strips=True, chunk_size=4)
+  a = sim.simulate_records(jax.random.key(11), 4, strips=True)
+  b = sim.simulate_records(jax.random.key(11), 4, strips=True)
+  c = sim.simulate_records(jax.random.key(12), 4, strips=True)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert not np.allclose(a['beat'], c['beat'])
-  # Record i does not depend on how many records are drawn around it.
-  d = sim.simulate_records(jax.random.key(11), indices=np.array([2, 3]),
-                           chunk_size=2)
-  # (Other batch shapes vectorise differently: equal up to float rounding.)
-  np.testing.assert_allclose(d['beat'], a['beat'][2:], atol=1e-6)
+
+
+
+def test_a_record_is_bit_identical_whatever_the_request():
+  key = jax.random.key(11)
+  calls = sim._simulate_indices._cache_size()  # pylint: disable=protected-access
+  n = sim.BLOCK + 6  # two calls, the second padded
+  every = sim.simulate_records(key, n, strips=True)
+  # Record i does not depend on how many records are drawn around it, on
+  # where the block boundaries fall, nor on the other fields asked for.
+  for indices, fields in (
+      ([2, 3], ('beat',)),
+      ([n - 1], ('beat', 'reduced_ef', 'age', 'time')),
+      ([5, sim.BLOCK + 1, 0], ('factors', 'labels', 'beat_clean')),
+      (list(range(3, n)), ('measurements', 'strip', 'r_peaks')),
+      ([7], ('measures',)),
+  ):
+    got = sim.simulate_records(key, indices=np.array(indices), fields=fields)
+    assert set(got) == set(fields)
+    for name in fields:
+      if name == 'measures':
+        want = sim.measures_from_measurements(every['measurements'])
+      else:
+        want = every[name]
+      jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y[indices]),
+                   got[name], want)
+  # One compiled program per group of fields, at one call size.
+  added = sim._simulate_indices._cache_size() - calls  # pylint: disable=protected-access
+  assert added <= len(sim._PROGRAMS), added  # pylint: disable=protected-access
 
 
 def test_noise_stream_leaves_clean_beat_and_labels_unchanged():
@@ -327,8 +350,8 @@ def test_ecg_only_lambda_is_the_one_used_before_age_and_sex():
 
 def test_covariates_leave_every_other_stream_unchanged():
   key = jax.random.key(11)
-  new = sim.simulate_records(key, 4, strips=True, chunk_size=4)
-  old = sim.simulate_records(key, 4, strips=True, chunk_size=4,
+  new = sim.simulate_records(key, 4, strips=True)
+  old = sim.simulate_records(key, 4, strips=True,
                              survival_model='ecg_only')
   assert sim.STREAMS[:5] == ('factors', 'noise', 'ef', 'survival', 'strip')
   for name in new:
