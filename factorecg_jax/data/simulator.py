@@ -974,8 +974,10 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
                                     survival_model=survival_model))
   if not len(indices):
     raise ValueError('no records requested')
-  blocks = [indices[start:start + BLOCK]
-            for start in range(0, len(indices), BLOCK)]
+  # The index blocks, the last one padded: shared by every program.
+  blocks = np.zeros(-(-len(indices) // BLOCK) * BLOCK, np.uint32)
+  blocks[:len(indices)] = indices
+  blocks = blocks.reshape(-1, BLOCK)
   out = {}
   for program in _PROGRAMS:
     wanted = [f for f in program if f in fields]
@@ -983,19 +985,14 @@ def simulate_records(key: jax.Array, n: int | None = None, *,
       continue
     model = (survival_model if program == _SURVIVAL_FIELDS
              else SURVIVAL_MODELS[0])
-    calls = []
-    for idx in blocks:
-      padded = np.zeros(BLOCK, np.uint32)
-      padded[:len(idx)] = idx
-      calls.append(_simulate_indices(
-          key, padded, lam, np.float32(rr_std), mode=mode, shape_k=shape_k,
-          fields=program, exact_noise=exact_noise, survival_model=model))
-    host = jax.device_get(calls)  # all blocks dispatched before waiting
+    # All blocks are dispatched before the one wait for their results.
+    host = jax.device_get([_simulate_indices(
+        key, idx, lam, np.float32(rr_std), mode=mode, shape_k=shape_k,
+        fields=program, exact_noise=exact_noise, survival_model=model)
+                           for idx in blocks])
     for f in wanted:
       out[f] = jax.tree.map(
-          lambda *xs: np.concatenate(
-              [np.asarray(x)[:len(idx)] for x, idx in zip(xs, blocks)],
-              axis=0),
+          lambda *xs: np.concatenate(xs, axis=0)[:len(indices)],
           *[h[f] for h in host])
   out = {f: out[f] for f in RECORD_FIELDS if f in out}
   if want_measures:

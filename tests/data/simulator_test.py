@@ -141,7 +141,6 @@ def test_same_key_same_record_different_key_different():
   assert not np.allclose(a['beat'], c['beat'])
 
 
-
 def test_a_record_is_bit_identical_whatever_the_request():
   key = jax.random.key(11)
   calls = sim._simulate_indices._cache_size()  # pylint: disable=protected-access
