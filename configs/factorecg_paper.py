@@ -104,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_resamples=2000,
       horizon=1.0,  # years: 1-year mortality
       age_sex=True,  # mortality models on factors + age + sex (the paper)
+      # Paired differences (factor model - ResNet, factor model - oracle):
+      # the "within 0.02" test, judged on the 95 % CI.
+      margin=0.02,
       top_k=3,  # factors explained per task
       # External validation: the fitted models applied unchanged to the test
       # split of another factor sampler ('' to skip).

@@ -64,14 +64,15 @@ _CHOICES = {
 _POSITIVE = ('train.batch_size', 'train.log_every',
              'train.eval_batch_size', 'optim.lr', 'data.num_train',
              'model.latents', 'model.channels', 'model.depth',
-             'model.kernel_size', 'simulate.num_records', 'model.num_outputs')
+             'model.kernel_size', 'simulate.num_records', 'model.num_outputs',
+             'downstream.num_resamples', 'downstream.horizon')
 _NON_NEGATIVE = ('train.num_steps', 'train.num_epochs',
                  'train.eval_every', 'train.checkpoint_every',
                  'train.keep_checkpoints', 'optim.grad_clip_norm',
                  'optim.weight_decay', 'optim.warmup_steps', 'loss.beta',
                  'loss.fixed_sd', 'loss.kl_warmup_steps',
                  'loss.dataset_size', 'loss.mi_dw_weight', 'model.num_extra',
-                 'data.num_eval', 'analysis.kl_threshold')
+                 'data.num_eval', 'analysis.kl_threshold', 'downstream.margin')
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:

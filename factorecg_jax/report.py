@@ -860,54 +860,93 @@ def _model_group(model: str) -> str:
   return 'factors'
 
 
-def downstream_pivot(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+def _test_set(model: str) -> tuple[str, str]:
+  """(model name without the external suffix, its test set)."""
+  if _EXTERNAL in model:
+    model, _, rest = model.partition(_EXTERNAL)
+    return model, 'external' + rest
+  return model, 'internal'
+
+
+def _short(model: str) -> str:
+  return model.split(':', 1)[1].strip() if ':' in model else model
+
+
+def downstream_pivot(
+    rows: Sequence[Mapping[str, Any]],
+    differences: Sequence[Mapping[str, Any]] = (),
+) -> list[dict]:
   """The comparison table as one row per (test set, task, metric).
 
   Args:
     rows: the downstream stage's 'comparison' table (model, task, metric,
       value, low, high, n).
+    differences: its 'differences' table (paired factor model - reference:
+      task, metric, model, reference, difference, low, high, n).
 
   Returns:
     Rows with 'test set', 'task', 'metric' and, for each of 'factors',
-    'resnet' and 'oracle', a list of {model, value, low, high, n}; external
-    validation rows (model names ending ' · external (...)') form their own
-    test set.
+    'resnet' and 'oracle', a list of {model, value, low, high, n}, and for
+    'vs_resnet' and 'vs_oracle' the paired differences as such lists;
+    external validation rows (model names ending ' · external (...)') form
+    their own test set.
   """
   out: dict[tuple[str, str, str], dict] = {}
-  for r in rows:
-    model = str(r.get('model', ''))
-    test_set = 'internal'
-    if _EXTERNAL in model:
-      model, _, rest = model.partition(_EXTERNAL)
-      test_set = 'external' + rest
+
+  def row_of(test_set, r):
     key = (test_set, str(r.get('task', '')), str(r.get('metric', '')))
-    row = out.setdefault(key, {'test set': key[0], 'task': key[1],
-                               'metric': key[2], 'factors': [],
-                               'resnet': [], 'oracle': []})
-    group = _model_group(model)
-    name = model.split(':', 1)[1].strip() if ':' in model else model
-    row[group].append(dict(model=name, value=r.get('value'),
-                           low=r.get('low'), high=r.get('high'),
-                           n=r.get('n')))
+    return out.setdefault(key, {'test set': key[0], 'task': key[1],
+                                'metric': key[2], 'factors': [],
+                                'resnet': [], 'oracle': [], 'vs_resnet': [],
+                                'vs_oracle': []})
+
+  for r in rows:
+    model, test_set = _test_set(str(r.get('model', '')))
+    row_of(test_set, r)[_model_group(model)].append(dict(
+        model=_short(model), value=r.get('value'), low=r.get('low'),
+        high=r.get('high'), n=r.get('n')))
+  for d in differences:
+    model, test_set = _test_set(str(d.get('model', '')))
+    reference, _ = _test_set(str(d.get('reference', '')))
+    group = 'vs_' + _model_group(reference)
+    if group not in ('vs_resnet', 'vs_oracle'):
+      continue
+    name = _short(model) + ('' if group == 'vs_oracle' else
+                            f' \u2212 {_short(reference)}')
+    row_of(test_set, d)[group].append(dict(
+        model=name, value=d.get('difference'), low=d.get('low'),
+        high=d.get('high'), n=d.get('n'), signed=True))
   return list(out.values())
 
 
 _GROUPS = (('factors', 'factor model'), ('resnet', 'black-box ResNet'),
-           ('oracle', 'oracle (true factors)'))
+           ('oracle', 'oracle (true factors)'),
+           ('vs_resnet', 'factor \u2212 ResNet (paired)'),
+           ('vs_oracle', 'factor \u2212 oracle (paired)'))
+
+
+def _fmt_entry(e: Mapping[str, Any]) -> str:
+  if not e.get('signed'):
+    return fmt_ci(e['value'], e['low'], e['high'])
+  value, low, high = (_number(e[k]) for k in ('value', 'low', 'high'))
+  if value is None:
+    return 'n/a'
+  if low is None or high is None:
+    return f'{value:+.3f}'
+  return f'{value:+.3f} ({low:+.3f} to {high:+.3f})'
 
 
 def _pivot_cell(entries: Sequence[Mapping[str, Any]]) -> str:
   if not entries:
     return '\u2013'
-  return '; '.join(f'{e["model"]} {fmt_ci(e["value"], e["low"], e["high"])}'
-                   for e in entries)
+  return '; '.join(f'{e["model"]} {_fmt_entry(e)}' for e in entries)
 
 
 def _pivot_cell_html(entries: Sequence[Mapping[str, Any]]) -> _Html:
   if not entries:
     return _Html('<span class="muted">\u2013</span>')
   return _Html('<br>'.join(
-      f'{_e(fmt_ci(e["value"], e["low"], e["high"]))}'
+      f'{_e(_fmt_entry(e))}'
       f'<span class="sub">{_e(e["model"])}</span>' for e in entries))
 
 
@@ -1030,13 +1069,13 @@ def _glance_html(ctx: _Context, by_name: Mapping[str, Any],
          '</div>']
   out.append('<h3>Downstream: factor models vs black-box ResNet vs oracle '
              '(95 % CI)</h3>')
-  comparison = ((by_name.get('downstream') or {}).get('tables') or {}).get(
-      'comparison')
+  tables = (by_name.get('downstream') or {}).get('tables') or {}
+  comparison = tables.get('comparison')
   pivot = None
   if comparison is None:
     out.append(_absent('downstream', not_run))
   else:
-    pivot = downstream_pivot(comparison)
+    pivot = downstream_pivot(comparison, tables.get('differences') or ())
     keys = ('test set', 'task', 'metric')
     csv_name = ctx.tables.add(_GLANCE, 'downstream comparison', [
         {**{k: p[k] for k in keys},
@@ -1049,7 +1088,10 @@ def _glance_html(ctx: _Context, by_name: Mapping[str, Any],
     out.append('<p class="muted">Test records of the run\'s population '
                '(internal) and of a differently drawn one (external); the '
                'oracle fits the same models on the simulator\'s true factors: '
-               'the ceiling the learned factors can reach.</p>')
+               'the ceiling the learned factors can reach. The paired '
+               'differences score both models on the same records and '
+               'bootstrap resamples (below 0: the factor model is worse).'
+               '</p>')
   out.append('<h3>Attribution: best method per target</h3>')
   best = _attribution_best(by_name.get('explain'))
   if best is None:

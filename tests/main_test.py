@@ -36,10 +36,12 @@ def test_misspelt_config_key_fails_before_compute(tmp_path):
 
 def test_invalid_value_fails_with_named_field(tmp_path):
   r = _main('--config=configs/demo.py', f'--workdir={tmp_path}',
-            '--config.data.mode=unifrm', '--config.optim.lr=-1')
+            '--config.data.mode=unifrm', '--config.optim.lr=-1',
+            '--config.downstream.margin=-0.02')
   assert r.returncode != 0
   assert "--config.data.mode='unifrm'" in r.stderr
   assert '--config.optim.lr=-1' in r.stderr
+  assert '--config.downstream.margin=-0.02: must be >= 0' in r.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'simulated'))
 
 

@@ -104,7 +104,14 @@ def workdir(tmp_path):
            metric='AUROC', value=0.9, low=0.88, high=0.92, n=100),
       dict(model='factors: logistic \u00b7 external (realistic)',
            task='reduced EF', metric='AUROC', value=0.7, low=None,
-           high=None, n=100)]))
+           high=None, n=100)], differences=[
+               dict(model='factors: logistic', reference='ResNet (beat)',
+                    task='reduced EF', metric='AUROC', difference=-0.02,
+                    low=-0.035, high=-0.005, n=100),
+               dict(model='factors: logistic',
+                    reference='oracle (true factors): logistic',
+                    task='reduced EF', metric='AUROC', difference=-0.09,
+                    low=-0.11, high=-0.07, n=100)]))
   ranking = []
   for target in ('qrs_ms', 'pr_ms'):
     for measure in ('AOPC', 'mass accuracy'):
@@ -170,6 +177,12 @@ def test_first_screen_numbers(workdir):
   assert internal['oracle'][0]['model'] == 'logistic'
   assert external['test set'] == 'external (realistic)'
   assert external['resnet'] == []
+  # Paired differences beside the models they compare.
+  assert [(e['model'], e['value']) for e in internal['vs_resnet']] == [
+      ('logistic \u2212 ResNet (beat)', -0.02)]
+  assert [(e['model'], e['value']) for e in internal['vs_oracle']] == [
+      ('logistic', -0.09)]
+  assert external['vs_resnet'] == [] and external['vs_oracle'] == []
   best = {b['target']: b for b in headline['attribution']}
   assert best['qrs_ms']['mass accuracy'][0]['method'] == 'gradcam'
   assert best['qrs_ms']['kendall_tau'] == 1.0
@@ -179,6 +192,7 @@ def test_first_screen_numbers(workdir):
   assert '2 of 14' in text
   assert '0.810 (0.780\u20130.840)' in text  # CI of the factor model
   assert '0.700' in text  # a value without CI
+  assert '-0.020 (-0.035 to -0.005)' in text  # a signed paired difference
 
 
 def test_missing_stages_are_absent_and_named(workdir):

@@ -25,7 +25,12 @@ EF, 1-year mortality):
   fold 10, beside the ResNet the `blackbox` stage trains on the same folds.
 
 Every AUROC and C-index has a bootstrap 95 % CI (`downstream.num_resamples`,
-2,000 as the paper). Writes `<workdir>/downstream/`: comparison.json/.md/.png,
+2,000 as the paper). Each factor model is also compared with each ResNet and
+with its oracle twin by a paired bootstrap (both on the same records and
+resamples): the difference with its CI, within `downstream.margin` (0.02)
+or not, and non-inferior by it (CI above -margin) or not.
+
+Writes `<workdir>/downstream/`: comparison.json/.md/.png, differences.json,
 one JSON per fit, Kaplan-Meier and calibration figures, and the explanation
 (top factors per task with their traversal figures and direction of risk;
 one record's counterfactual ECG with its top factor moved to the population
@@ -154,13 +159,15 @@ def _external_predictions(config, workdir, target, input_key, split, n,
 
 
 def _blackbox_rows(config, workdir, test, train_rec, num_resamples, seed,
-                   *, external_mode=None, suffix=''):
+                   *, external_mode=None, suffix='', scores=None):
   """Comparison rows of the black-box runs on `test`.
 
   Internal test records: the runs' saved eval predictions. External ones
-  (`external_mode`): the restored ResNets predict them.
+  (`external_mode`): the restored ResNets predict them. `scores` collects
+  each run's outputs for `_paired_differences`.
   """
   rows = []
+  scores = {} if scores is None else scores
   if not blackbox.applies(config):
     return rows
   for target in config.blackbox.targets:
@@ -175,6 +182,13 @@ def _blackbox_rows(config, workdir, test, train_rec, num_resamples, seed,
         continue
       order, out = found
       model = f'ResNet ({input_key}){suffix}'
+      horizon = float(config.downstream.horizon)
+      metrics = (('macro AUROC',) if target == 'labels' else ('AUROC',)
+                 if target == 'reduced_ef' else
+                 ('C-index', _at_horizon(horizon)))
+      scores.setdefault(target, {})[model] = _scored(
+          {m: out if target == 'labels' else out.reshape(-1)
+           for m in metrics}, positions=order)
       if target == 'labels':
         ci = statistics.bootstrap_macro_auroc(
             test['labels'][order], out, num_resamples=num_resamples,
@@ -216,14 +230,54 @@ def _row(model, task, metric, ci, n):
               low=ci.get('low'), high=ci.get('high'), n=n)
 
 
+def _at_horizon(horizon: float) -> str:
+  return f'AUROC at {horizon:g} y'  # as `models_lib.comparison_row` names it
+
+
+def _scored(values, positions=None, columns=None) -> dict[str, Any]:
+  """One model's test outputs per metric, for `_paired_differences`.
+
+  positions: the records of `test` they belong to (None: all, in order);
+  columns: for the 16 labels, which label each output column is.
+  """
+  return dict(values=values, positions=positions, columns=columns)
+
+
+def _factor_scores(fit, task, horizon) -> dict[str, Any] | None:
+  """A factor/oracle fit's test outputs (None if it was skipped)."""
+  if fit.get('status') in ('skipped', 'failed'):
+    return None
+  if task == 'labels':
+    used = [fit['label_names'].index(n) for n in fit['labels_used']]
+    if not used:
+      return None
+    matrix = np.stack([np.asarray(fit['per_label'][fit['label_names'][k]][
+        'test_scores'], np.float64) for k in used], axis=1)
+    return _scored({'macro AUROC': matrix}, columns=used)
+  if task == 'reduced_ef':
+    return _scored({'AUROC': np.asarray(fit['test_scores'], np.float64)})
+  return _scored({
+      'C-index': np.asarray(fit['test_log_partial_hazard'], np.float64),
+      _at_horizon(horizon): np.asarray(fit['test_risk_at_horizon'],
+                                       np.float64)})
+
+
 def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
                        ds, train_rec, mu_train, feature_sets, model_label,
-                       label_names, horizon, kw):
+                       label_names, horizon, kw, scores=None):
   """Fits every factor/oracle model on the training records; scores `test`.
 
   Appends comparison rows (model names end with `suffix`), stores the fit
-  results in `fits` and the Kaplan-Meier/calibration figures in `figures`.
+  results in `fits`, the Kaplan-Meier/calibration figures in `figures` and
+  each model's test outputs in `scores` (task -> model -> `_scored`).
   """
+  scores = {} if scores is None else scores
+
+  def keep(fit, model, task):
+    found = _factor_scores(fit, task, horizon)
+    if found is not None:
+      scores.setdefault(task, {})[model] = found
+
   steps = [(s, t) for s in feature_sets for t in ('labels', 'reduced_ef',
                                                   'mortality')]
   progress = console.Progress(len(steps), '  factor models' + suffix,
@@ -238,6 +292,7 @@ def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
           x_tr, train_rec['labels'], x_te, test['labels'], names=names,
           label_names=label_names, **kw)
       fits[f'{kind}_labels_logistic'] = fit
+      keep(fit, f'{who}: logistic{suffix}', task)
       rows.append(models_lib.comparison_row(
           fit, model=f'{who}: logistic{suffix}', task=TASK_LABELS[task]))
     elif task == 'reduced_ef':
@@ -245,12 +300,14 @@ def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
           x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
           names=names, **kw)
       fits[f'{kind}_reduced_ef_logistic'] = fit
+      keep(fit, f'{who}: logistic{suffix}', task)
       rows.append(models_lib.comparison_row(
           fit, model=f'{who}: logistic{suffix}', task=TASK_LABELS[task]))
       fit = models_lib.fit_xgboost(
           x_tr, train_rec['reduced_ef'], x_te, test['reduced_ef'],
           names=names, **kw)
       fits[f'{kind}_reduced_ef_xgboost'] = fit
+      keep(fit, f'{who}: XGBoost{suffix}', task)
       rows.append(models_lib.comparison_row(
           fit, model=f'{who}: XGBoost{suffix}', task=TASK_LABELS[task]))
     else:
@@ -258,6 +315,7 @@ def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
           x_tr, train_rec['time'], train_rec['event'], x_te, test['time'],
           test['event'], names=names, horizon=horizon, **kw)
       fits[f'{kind}_mortality_cox'] = fit
+      keep(fit, f'{who}: Cox{suffix}', task)
       rows.append(models_lib.comparison_row(
           fit, model=f'{who}: Cox{suffix}', task=TASK_LABELS[task]))
       rows.append(models_lib.comparison_row(
@@ -271,6 +329,103 @@ def _fit_factor_models(test, mu_test, suffix, fits, rows, figures, folder, *,
             fit, os.path.join(folder, 'calibration.png'))
     progress.update(1)
   progress.close()
+
+
+def _paired_metric(metric, a, b, test, pos, train_rec, horizon, kw):
+  """The paired bootstrap of metric(a) - metric(b) on the records `pos`."""
+  if metric == 'macro AUROC':  # a: (scores, the label columns they hold)
+    return statistics.bootstrap_macro_auroc(
+        test['labels'][pos][:, a[1]], a[0], reference=b, **kw)
+  if metric == 'AUROC':
+    return statistics.bootstrap_auroc(test['reduced_ef'][pos], a,
+                                      reference=b, **kw)
+  if metric == 'C-index':
+    return statistics.bootstrap_concordance(
+        test['time'][pos], a, test['event'][pos], reference=b, **kw)
+  try:
+    return statistics.bootstrap_time_dependent_auroc(
+        train_rec['time'], train_rec['event'], test['time'][pos],
+        test['event'][pos], a, horizon, reference=b, **kw)
+  except ValueError as e:  # e.g. test follow-up beyond the training one.
+    console.info(f'  paired {metric} undefined: {e}')
+    return dict(value=np.nan, low=np.nan, high=np.nan, num_resamples_used=0)
+
+
+def _paired_differences(scores, test, train_rec, *, horizon, margin, kw
+                        ) -> list[dict[str, Any]]:
+  """Each factor model minus each ResNet and minus its oracle twin.
+
+  Both models' outputs on the same test records (the ResNet's, where it
+  predicted a subset), scored on the same bootstrap resamples: the
+  difference's 95 % CI, and whether the factor model is within `margin` of
+  the reference (point estimate) and non-inferior by it (CI above
+  -margin). Labels: the macro AUROC over the labels both models scored.
+  """
+  rows = []
+  for task, models in scores.items():
+    for name, entry in models.items():
+      if not name.startswith('factors: '):
+        continue
+      kind, _, suffix = name[len('factors: '):].partition(' · ')
+      suffix = ' · ' + suffix if suffix else ''
+      references = [r for r in models if r.startswith('ResNet ')]
+      references += [r for r in models
+                     if r == f'oracle (true factors): {kind}{suffix}']
+      for ref in references:
+        other = models[ref]
+        if entry['positions'] is not None and other['positions'] is not None:
+          continue  # never two subsets: factor models score every record
+        subset = (other['positions'] if other['positions'] is not None
+                  else entry['positions'])
+        # Records in test order, whatever order a run saved them in: the
+        # resamples (drawn by position) are then the same for every pair.
+        within = (np.arange(len(test['index'])) if subset is None else
+                  np.argsort(subset, kind='stable'))
+        pos = within if subset is None else subset[within]
+        for metric, a in entry['values'].items():
+          b = other['values'].get(metric)
+          if b is None:
+            continue
+          a_sel = a[within] if entry['positions'] is not None else a[pos]
+          b_sel = b[within] if other['positions'] is not None else b[pos]
+          if metric == 'macro AUROC':
+            cols_a = list(entry['columns'] or range(a.shape[1]))
+            cols_b = list(other['columns'] or range(b.shape[1]))
+            common = [c for c in cols_a if c in cols_b]
+            a_sel = (a_sel[:, [cols_a.index(c) for c in common]], common)
+            b_sel = b_sel[:, [cols_b.index(c) for c in common]]
+          ci = _paired_metric(metric, a_sel, b_sel, test, pos, train_rec,
+                              horizon, kw)
+          d, low, high = (float(ci[k]) for k in ('value', 'low', 'high'))
+          finite = lambda v: v if np.isfinite(v) else None  # noqa: E731
+          rows.append(dict(
+              task=TASK_LABELS[task], metric=metric, model=name,
+              reference=ref, difference=finite(d), low=finite(low),
+              high=finite(high), n=len(pos), margin=margin,
+              within_margin=bool(np.isfinite(d) and abs(d) <= margin),
+              non_inferior=bool(np.isfinite(low) and low > -margin)))
+  return rows
+
+
+def _differences_markdown(rows: list[dict[str, Any]]) -> str:
+  if not rows:
+    return ''
+  margin = rows[0]['margin']
+  lines = ['## Paired differences: factor model minus reference', '',
+           'Both models on the same test records and the same bootstrap '
+           f'resamples. Within {margin:g}: |difference| <= {margin:g}; '
+           f'non-inferior: the 95 % CI lies above -{margin:g}.', '',
+           '| task | factor model | reference | metric | difference | '
+           '95 % CI | within | non-inferior | n |',
+           '|---|---|---|---|---:|---|---|---|---:|']
+  for r in rows:
+    diff, _, ci = _fmt_difference(r).partition(' (')
+    lines.append(
+        f'| {r["task"]} | {r["model"]} | {r["reference"]} | {r["metric"]} '
+        f'| {diff} | {ci.rstrip(")") or "n/a"} | '
+        f'{"yes" if r["within_margin"] else "no"} | '
+        f'{"yes" if r["non_inferior"] else "no"} | {r["n"]} |')
+  return '\n'.join(lines) + '\n'
 
 
 @stages.register('downstream', requires=(stages.TRAIN, 'blackbox'), order=60,
@@ -321,10 +476,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   fit_all = dict(ds=ds, train_rec=train_rec, mu_train=mu_train,
                  feature_sets=feature_sets, model_label=model_label,
                  label_names=label_names, horizon=horizon, kw=kw)
+  margin = float(ds.get('margin', 0.02))
+  scores = {}
   _fit_factor_models(test, mu_test, '', fits, rows, figures, folder,
-                     **fit_all)
+                     scores=scores, **fit_all)
   rows += _blackbox_rows(config, workdir, test, train_rec, num_resamples,
-                         seed)
+                         seed, scores=scores)
+  differences = _paired_differences(scores, test, train_rec,
+                                    horizon=horizon, margin=margin, kw=kw)
   external = ds.get('external_mode', '')
   if external:
     # External validation as in the paper: the models fitted above, applied
@@ -334,9 +493,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ext = _records(config, 'test', ds.num_test, mode=external)
     mu_ext, _ = encode_fn(ext['ecg'])
     suffix = f' · external ({external})'
-    _fit_factor_models(ext, mu_ext, suffix, {}, rows, {}, folder, **fit_all)
+    ext_scores = {}
+    _fit_factor_models(ext, mu_ext, suffix, {}, rows, {}, folder,
+                       scores=ext_scores, **fit_all)
     rows += _blackbox_rows(config, workdir, ext, train_rec, num_resamples,
-                           seed, external_mode=external, suffix=suffix)
+                           seed, external_mode=external, suffix=suffix,
+                           scores=ext_scores)
+    differences += _paired_differences(ext_scores, ext, train_rec,
+                                       horizon=horizon, margin=margin, kw=kw)
 
   ptbxl_rows, ptbxl_files = _ptbxl_rows(config, workdir, encode_fn, dims, kw,
                                         folder)
@@ -351,7 +515,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          model, params, normalizer, figures)
   with open(files['markdown'], 'w', encoding='utf-8') as f:
     f.write('# Factor models vs black box vs oracle\n\n' + markdown
-            + '\n' + _per_label_markdown(per_label) + '\n'
+            + '\n' + _differences_markdown(differences) + '\n'
+            + _per_label_markdown(per_label) + '\n'
             + explanation['markdown'])
   figures['comparison'] = models_lib.plot_comparison(
       rows, os.path.join(folder, 'comparison.png'),
@@ -360,9 +525,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               _fmt_ci(r) for r in table}
   scalars = {f'{r["task"]}/{r["model"]}/{r["metric"]}': r['value']
              for r in table}
+  for r in differences:
+    key = f'{r["task"]}, {r["model"]} - {r["reference"]} ({r["metric"]})'
+    scalars[f'difference/{key}'] = r['difference']
+    if ' · ' not in r['model']:  # the internal test split's, up front
+      headline[f'difference: {key}'] = _fmt_difference(r)
+  files['differences_json'] = _save_json(folder, 'differences', differences)
   return stages.summary(
       scalars=scalars, headline=headline, tables=dict(
-          comparison=table, per_label=per_label,
+          comparison=table, differences=differences, per_label=per_label,
           top_factors=explanation['top']),
       figures=figures, files=files,
       details=dict(active_factors=dims.tolist(), num_train=len(mu_train),
@@ -501,6 +672,15 @@ def _fmt_ci(row: dict[str, Any]) -> str:
   if low is None or high is None:
     return f'{value:.3f}'
   return f'{value:.3f} ({low:.3f}-{high:.3f})'
+
+
+def _fmt_difference(row: dict[str, Any]) -> str:
+  d, low, high = row['difference'], row['low'], row['high']
+  if d is None or not np.isfinite(d):
+    return 'n/a'
+  ci = (f' ({low:+.3f} to {high:+.3f})'
+        if low is not None and np.isfinite(low) else '')
+  return f'{d:+.3f}{ci}'
 
 
 def _explain(config, workdir, folder, fits, dims, mu_test, test, model,

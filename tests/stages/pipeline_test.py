@@ -322,6 +322,36 @@ def test_blackbox_and_downstream_comparison(pipeline):
   assert '| reduced EF | ResNet (beat) | AUROC |' in markdown
   assert '## Counterfactual' in markdown
   assert '## AUROC per label' in markdown
+  assert '## Paired differences' in markdown
+  # Paired differences: each factor model minus each ResNet and minus its
+  # oracle twin, internal and external; on all test records (the ResNets
+  # predicted every one) the difference of the two comparison rows.
+  diffs = result['tables']['differences']
+  internal = {(d['task'], d['model'], d['reference'], d['metric'])
+              for d in diffs if ' · ' not in d['model']}
+  oracle = 'oracle (true factors)'
+  assert internal == {
+      ('16 labels', 'factors: logistic', f'{oracle}: logistic',
+       'macro AUROC'),
+      ('reduced EF', 'factors: logistic', 'ResNet (beat)', 'AUROC'),
+      ('reduced EF', 'factors: logistic', f'{oracle}: logistic', 'AUROC'),
+      ('reduced EF', 'factors: XGBoost', 'ResNet (beat)', 'AUROC'),
+      ('reduced EF', 'factors: XGBoost', f'{oracle}: XGBoost', 'AUROC'),
+      ('1-year mortality', 'factors: Cox', 'ResNet (beat)', 'C-index'),
+      ('1-year mortality', 'factors: Cox', 'ResNet (beat)', 'AUROC at 1 y'),
+      ('1-year mortality', 'factors: Cox', f'{oracle}: Cox', 'C-index'),
+      ('1-year mortality', 'factors: Cox', f'{oracle}: Cox', 'AUROC at 1 y'),
+  }
+  assert len(diffs) == 2 * len(internal)
+  value = {(r['task'], r['model'], r['metric']): r['value'] for r in rows}
+  for d in diffs:
+    want = (value[(d['task'], d['model'], d['metric'])]
+            - value[(d['task'], d['reference'], d['metric'])])
+    assert abs(d['difference'] - want) < 1e-9, (d, want)
+    assert d['low'] <= d['high'] and d['n'] == config.downstream.num_test
+    assert d['within_margin'] == (abs(d['difference']) <= d['margin'])
+  assert any(k.startswith('difference: reduced EF, factors: logistic - '
+                          'ResNet (beat)') for k in result['headline'])
   per_label = result['tables']['per_label']
   assert len(per_label) == 16
   assert set(per_label[0]) == {'label', 'prevalence', 'factors: logistic',
@@ -515,6 +545,9 @@ def test_report_headline_numbers(pipeline):
   cells = sum(len(p[g]) for p in headline['downstream']
               for g in ('factors', 'resnet', 'oracle'))
   assert cells == len(comparison)
+  cells = sum(len(p[g]) for p in headline['downstream']
+              for g in ('vs_resnet', 'vs_oracle'))
+  assert cells == len(done['downstream']['tables']['differences'])
   assert {p['test set'] for p in headline['downstream']} == {
       'internal', 'external (realistic)'}
   assert any(p['resnet'] for p in headline['downstream'])
