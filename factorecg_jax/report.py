@@ -116,10 +116,16 @@ FIGURE_GUIDES: dict[str, str] = {
         'Mutual information between active and true factors (what MIG '
         'scores): a large gap between the top two cells of a column means '
         'one factor captured it alone.'),
+    'evaluate/encoded': (
+        'How much of each true factor the active factors carry at all '
+        '(held-out R\u00b2, linear and boosted), however entangled: a true '
+        'factor near 0 is lost to every downstream model; boosted well '
+        'above linear means it is there, but non-linearly.'),
     'downstream/comparison': (
-        'Test AUROC / C-index with 95 % bootstrap CIs per task and model: '
-        'where the factor models\' and the ResNet\'s intervals overlap, the '
-        'interpretable model is not detectably worse.'),
+        'Test AUROC / C-index with 95 % bootstrap CIs per task and model. '
+        'Whether the factor model is detectably worse than the ResNet is '
+        'the paired-differences table: both scored on the same records and '
+        'resamples, its CI is narrower than these two intervals suggest.'),
     'downstream/km_by_quartile': (
         "Kaplan-Meier survival of the test records by quartile of the Cox "
         "model's risk on the factors: separated curves mean the factors "

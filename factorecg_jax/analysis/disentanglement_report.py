@@ -131,6 +131,15 @@ def _markdown(scores, result, settings) -> str:
             '| code | strongest association | Spearman rho |', '|---|---|---|']
   for b in result['best']:
     lines.append(f"| {b['code']} | {b['label']} | {b['rho']:.2f} |")
+  if result.get('encoded'):
+    lines += ['', '## What the factors carry of each true factor', '',
+              'Held-out R^2 of each true factor regressed on the active '
+              'codes (fitted on the training records).', '',
+              '| true factor | linear (OLS) | gradient-boosted trees |',
+              '|---|---|---|']
+    for r in result['encoded']:
+      lines.append(f"| {r['label']} | {r['r2_linear']:.2f} | "
+                   f"{r['r2_boosted']:.2f} |")
   lines += ['', '## Settings', '']
   lines += [f'- {k}: {v}' for k, v in settings.items()]
   return '\n'.join(lines) + '\n'
@@ -203,7 +212,8 @@ def evaluate_run(
 
   Returns:
     dict: 'scores' (flat floats, also in metrics.json), 'names' (one per
-    active code), 'best', 'paths' (written files).
+    active code), 'best', 'encoded' (held-out R^2 of each true factor from
+    the active codes, `interpretation.encoded_r2`), 'paths' (written files).
   """
   out_dir = os.path.join(run_dir, out_subdir)
   os.makedirs(out_dir, exist_ok=True)
@@ -288,6 +298,19 @@ def evaluate_run(
       'I / H')
   timings['interpretation'] = time.perf_counter() - t0
 
+  t0 = time.perf_counter()
+  active = np.flatnonzero(mats['active_mask'])
+  if not len(active):
+    active = np.arange(mu_train.shape[1])
+  result['encoded'] = interpretation.encoded_r2(
+      mu_train[:, active], f_train, mu_test[:, active], f_test,
+      factor_names=factor_names, seed=seed)
+  paths['encoded'] = interpretation.plot_encoded_r2(
+      result['encoded'], os.path.join(out_dir, 'encoded_r2.png'),
+      title=f'What the {len(active)} active factors carry of each true '
+      'factor (held-out R\u00b2)')
+  timings['encoded'] = time.perf_counter() - t0
+
   paths['matrices'] = os.path.join(out_dir, 'matrices.npz')
   np.savez(paths['matrices'], rho=result['rho'],
            rho_codes=result['codes'],
@@ -296,10 +319,11 @@ def evaluate_run(
   paths['json'] = os.path.join(out_dir, 'metrics.json')
   with open(paths['json'], 'w') as f:
     json.dump(dict(scores=scores, names=result['names'], best=result['best'],
-                   settings=settings, timings=timings), f, indent=2,
+                   encoded=result['encoded'], settings=settings,
+                   timings=timings), f, indent=2,
               default=lambda o: np.asarray(o).tolist())
   paths['markdown'] = os.path.join(out_dir, 'metrics.md')
   with open(paths['markdown'], 'w') as f:
     f.write(_markdown(scores, result, settings))
   return dict(scores=scores, names=result['names'], best=result['best'],
-              paths=paths)
+              encoded=result['encoded'], paths=paths)

@@ -40,7 +40,9 @@ def run(
 
   Returns:
     The stage summary: scalars are `evaluate_run`'s scores, the table
-    `factor_names` its best association per active factor.
+    `factor_names` its best association per active factor, `encoded` the
+    held-out R^2 of each true factor from the active factors (linear and
+    boosted: what the factors carry at all, however entangled).
   """
   _common.check_single_process('evaluate')
   analysis = config.analysis
@@ -83,9 +85,10 @@ def run(
       scalars=scores, headline=headline,
       tables=dict(factor_names=[
           dict(code=b['code'], column=b['column'], label=b['label'],
-               rho=b['rho']) for b in result['best']]),
-      figures={k: paths[k] for k in ('spearman', 'importance', 'mutual_info')
-               if k in paths},
+               rho=b['rho']) for b in result['best']],
+                  encoded=result['encoded']),
+      figures={k: paths[k] for k in ('spearman', 'importance', 'mutual_info',
+                                     'encoded') if k in paths},
       files={k: paths[k] for k in ('json', 'markdown', 'matrices')
              if k in paths},
       details=dict(names=result['names']))

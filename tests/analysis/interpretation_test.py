@@ -85,5 +85,55 @@ class InterpretTest(absltest.TestCase):
     self.assertGreater(len(data), 5000)
 
 
+class EncodedR2Test(absltest.TestCase):
+
+  def test_linear_nonlinear_and_missing_factors(self):
+    rng = np.random.default_rng(3)
+    n = 1500
+    # Factors: linear in code 0; carried as a square by code 1 (symmetric
+    # around 0, so no linear trace); in no code; a constant.
+    factors = np.stack([rng.normal(size=n), rng.uniform(-1, 1, n),
+                        rng.normal(size=n), np.full(n, 2.0)], axis=1)
+    codes = np.stack([
+        factors[:, 0] + 0.5 * rng.normal(size=n),  # R^2 = 1 / 1.25 = 0.8
+        factors[:, 1] ** 2,
+        rng.normal(size=n),
+    ], axis=1)
+    rows = interpretation.encoded_r2(
+        codes[:1000], factors[:1000], codes[1000:], factors[1000:],
+        factor_names=['hr', 'qtc', 'p_amp', 'const'])
+    got = {r['factor']: r for r in rows}
+    self.assertEqual(got['hr']['label'], interpretation.FACTOR_LABELS['hr'])
+    self.assertAlmostEqual(got['hr']['r2_linear'], 0.8, delta=0.05)
+    # The square is invertible only up to the sign: half the variance
+    # stays, for any model; the linear fit sees none of it.
+    self.assertLess(got['qtc']['r2_linear'], 0.05)
+    self.assertBetween(got['qtc']['r2_boosted'], -0.1, 0.1)
+    for key in ('r2_linear', 'r2_boosted'):
+      self.assertLess(got['p_amp'][key], 0.05)
+    self.assertTrue(np.isnan(got['const']['r2_linear']))
+    # Deterministic for a seed.
+    again = interpretation.encoded_r2(
+        codes[:1000], factors[:1000], codes[1000:], factors[1000:],
+        factor_names=['hr', 'qtc', 'p_amp', 'const'])
+    self.assertEqual(str(rows), str(again))
+
+  def test_boosted_sees_a_monotone_nonlinear_code(self):
+    rng = np.random.default_rng(4)
+    n = 1500
+    factor = rng.uniform(0, 1, (n, 1))
+    codes = np.exp(6.0 * factor) + 0.01 * rng.normal(size=(n, 1))
+    (row,) = interpretation.encoded_r2(codes[:1000], factor[:1000],
+                                       codes[1000:], factor[1000:])
+    self.assertGreater(row['r2_boosted'], 0.95)
+    self.assertLess(row['r2_linear'], row['r2_boosted'] - 0.1)
+    with tempfile.TemporaryDirectory() as tmp:
+      path = interpretation.plot_encoded_r2(
+          [row, dict(row, label='nan', r2_linear=float('nan'))],
+          os.path.join(tmp, 'a', 'r2.png'))
+      with open(path, 'rb') as f:
+        self.assertTrue(f.read().startswith(b'\x89PNG'))
+
+
 if __name__ == '__main__':
   absltest.main()

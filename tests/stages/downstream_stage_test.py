@@ -111,7 +111,7 @@ def test_a_resnet_subset_in_another_order_is_paired_record_by_record(split):
       want['value'], want['low'], want['high'])
   # The noisier factor score is worse than the oracle, clearly.
   assert got['high'] < 0 and not got['non_inferior']
-  assert got['within_margin'] == (abs(got['difference']) <= 0.02)
+  assert got['within_margin'] == (got['difference'] >= -0.02)
   # Unpaired (records misaligned) would give another value.
   wrong = statistics.auroc(test['reduced_ef'][order], factor[:n - 20]
                            ) - statistics.auroc(test['reduced_ef'][order],
@@ -164,6 +164,16 @@ def test_survival_metrics_and_label_columns(split):
       reference=np.stack([risk, risk], 1), **KW)
   assert macro['difference'] == pytest.approx(want['value'], abs=1e-12)
   assert macro['high'] == pytest.approx(want['high'], abs=1e-12)
+  assert macro['num_labels'] == 2 and c['num_labels'] is None
+  # A factor model clearly better than the reference is within the margin
+  # and non-inferior (the flags are one-sided).
+  (better,) = _rows({'reduced_ef': {
+      'factors: logistic': downstream._scored({'AUROC': risk}),
+      'ResNet (beat)': downstream._scored(
+          {'AUROC': risk + 3 * rng.normal(size=n)}, positions=np.arange(n)),
+  }}, test, train)
+  assert better['low'] > 0.02
+  assert better['within_margin'] and better['non_inferior']
   markdown = downstream._differences_markdown(list(rows.values()))
   assert '## Paired differences' in markdown
   assert sum(line.startswith('|') for line in markdown.splitlines()) == 5
