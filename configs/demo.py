@@ -13,10 +13,12 @@ training 5 min 31 s; encode and traversals 45 s; disentanglement metrics
 1 min 27 s; downstream comparison 49 s; attribution stage 3 min 30 s;
 report < 1 s), both with the factor models on 4,000 training records; the
 20,000 used now took the downstream stage to 2 min 10 s on the Zen 4. On
-a Zen 3 (~140 GFLOP/s, 2026-12-07), stage by stage with this config: the
-ResNets 3 min 32 s, VAE training 6 min 34 s (beta-TC-VAE, held-out R^2
-0.90; the beta-VAE took 6 min 14 s), disentanglement metrics 1 min 43 s
-(MIG 0.033, DCI 0.72), downstream 3 min 05 s. Add 1.5-2.5 min of
+a Zen 3 (~140 GFLOP/s, 2026-12-07) `make demo` with this config took 18
+min 57 s from a fresh clone whose environment existed (simulated data 26
+s; the ResNets 2 min 52 s; VAE training 6 min 24 s, beta-TC-VAE, held-out
+R^2 0.90, about 8 % slower per step than the beta-VAE; encode and
+traversals 53 s; disentanglement metrics 1 min 25 s, MIG 0.033, DCI 0.72;
+downstream 2 min 39 s; attribution stage 4 min 05 s). Add 1.5-2.5 min of
 environment creation. It writes to the workdir: simulated-data
 summary, the training run (config.json, metrics.jsonl, TensorBoard events,
 checkpoints), factors of held-out records, traversal figures,
@@ -75,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.update(num_train=20_000, num_eval=1_000, mode='uniform')
   config.optim.update(lr=5e-3, schedule='cosine', warmup_steps=50)
   # 1,000 steps: with the black-box and attribution ResNets the demo has
-  # ~15 min on 2 cores (with 1,200 steps the demo took 16 min 15 s).
+  # ~15 min on a 2-core Zen 4 (with 1,200 steps it took 16 min 15 s there;
+  # a Zen 3 takes 19 min at 1,000).
   config.train.update(batch_size=64, num_epochs=0, num_steps=1000,
                       log_every=100, eval_every=500, checkpoint_every=500,
                       eval_batch_size=256)
