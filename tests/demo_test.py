@@ -110,7 +110,6 @@ def test_factors_are_disentangled_beyond_the_entangled_setting(demo_run):
   assert 1 <= encode['scalars']['num_active'] <= 32
 
 
-
 def test_factors_carry_the_slow_waves_the_pruning_beta_dropped(demo_run):
   summary = _read(demo_run, 'disentanglement', 'summary.json')
   encoded = {row['factor']: row for row in summary['tables']['encoded']}
@@ -122,5 +121,5 @@ def test_factors_carry_the_slow_waves_the_pruning_beta_dropped(demo_run):
       encoded['t_amp'])
   assert MEASURED['qtc'] - 0.1 > PRUNED['qtc']
   assert MEASURED['t_amp'] - 0.1 > PRUNED['t_amp']
-  # The large waves stay encoded (QRS duration 0.93, QRS amplitude 0.96).
+  # The large waves stay encoded (QRS duration 0.92-0.93 in both draws).
   assert encoded['qrs_dur']['r2_linear'] >= 0.8, encoded['qrs_dur']
