@@ -2,9 +2,10 @@ r"""Train-step throughput of the Ribeiro et al. ResNet: JAX vs PyTorch.
 
 One train step = forward with BatchNorm in training mode and dropout on,
 binary cross-entropy with logits on a 0/1 target (one output), backward and
-an Adam update (lr 1e-3). The JAX step is `jax.jit` of `value_and_grad` plus
-optax.adam with mutable `batch_stats`, its state donated (as
-training/train.py jits it). The PyTorch step runs the same network, written
+an Adam update (lr 1e-3); `--dropout_bits=8` times the JAX step with
+`resnet.PackedDropout` (four masks per 32-bit draw). The JAX step is
+`jax.jit` of `value_and_grad` plus optax.adam with mutable `batch_stats`,
+its state donated (as training/train.py jits it). The PyTorch step runs the same network, written
 here with channels-first Conv1d/BatchNorm1d/MaxPool1d/Linear and the Flax
 model's explicit 'SAME' padding, from the same weights and running statistics
 on the same inputs, with `torch.set_num_threads(os.cpu_count())`. Before
@@ -66,6 +67,9 @@ _TORCH_THREADS = flags.DEFINE_integer(
     'torch_threads', 0, 'PyTorch intra-op threads; 0 for os.cpu_count().'
 )
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of inputs and weights.')
+_DROPOUT_BITS = flags.DEFINE_integer(
+    'dropout_bits', 32, 'Random bits per dropout unit in the JAX step: 32 '
+    '(nn.Dropout) or 8 / 16 (resnet.PackedDropout). PyTorch draws its own.')
 
 PRESETS = {'ribeiro': resnet.ResNetRibeiro, 'cpu': resnet.ResNetCPU}
 INPUTS = {'strip': 5000, 'beat': 600}
@@ -196,7 +200,7 @@ def run_config(preset: str, inputs: str, torch_ok: bool) -> list[dict]:
   # ECG-scale inputs (mV); throughput does not depend on the values.
   ecg = (0.3 * rng.standard_normal((batch, length, LEADS))).astype(np.float32)
   target = rng.integers(0, 2, (batch, 1)).astype(np.float32)
-  model = PRESETS[preset](num_outputs=1)
+  model = PRESETS[preset](num_outputs=1, dropout_bits=_DROPOUT_BITS.value)
   variables = jax.jit(model.init)(
       jax.random.key(_SEED.value), jnp.zeros((1, length, LEADS)))
   variables = _randomize_norms(dict(variables), _SEED.value + 2)
@@ -234,7 +238,7 @@ def run_config(preset: str, inputs: str, torch_ok: bool) -> list[dict]:
   for framework, row in timed.items():
     row.update(infos[framework], framework=framework, config=name,
                preset=preset, inputs=inputs, length=length, batch_size=batch,
-               parity=parity)
+               parity=parity, dropout_bits=_DROPOUT_BITS.value)
     row['flops'] = infos['jax']['flops']  # the same network
     steps = ', '.join(f'{t:.2f}' for t in row['times'])
     print(f'  {framework}: {row["step_s"]:.3f} s/step ({steps})')
@@ -263,6 +267,7 @@ def main(argv):
         f'x{jax.device_count()}, {os.cpu_count()} CPUs, load average '
         f'{load_start:.1f}; batch {_BATCH.value}, {_WARMUP.value} '
         f'warm-up + {_STEPS.value} timed steps, torch threads {threads}, '
+        f'dropout bits {_DROPOUT_BITS.value}, '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
 
   peak_start = bench_report.gemm_peak_gflops()  # again at the end; max kept

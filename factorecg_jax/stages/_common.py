@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from factorecg_jax import console
+from factorecg_jax import models
 from factorecg_jax import stages
 from factorecg_jax.analysis import factors as factors_lib
 from factorecg_jax.data import input_pipeline
@@ -60,10 +61,15 @@ def _check_model_matches(
     return
   ours = _json_normal(config.model.to_dict())
   theirs = saved['model']
+  name = saved.get('model_name', config.get('model_name'))
+  # A setting a newer config names at the model's own default (e.g.
+  # `dropout_bits=32`) matches a run trained before the key existed.
   diffs = [
       f'{k}: {theirs.get(k)!r} (run) vs {ours.get(k)!r} (config)'
       for k in sorted(set(ours) | set(theirs))
       if ours.get(k) != theirs.get(k)
+      and not (k not in theirs
+               and ours[k] == _json_normal(models.setting_default(name, k)))
   ]
   if config.get('model_name') != saved.get('model_name'):
     diffs.insert(0, f"model_name: {saved.get('model_name')!r} (run) vs "

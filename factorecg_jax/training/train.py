@@ -312,6 +312,15 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+def _new_model_key_at_default(key: str, old: dict[str, Any],
+                              new: dict[str, Any]) -> bool:
+  """A `model.` key the stored run lacks, set to the model's own default."""
+  if not key.startswith('model.') or key in old or '.' in key[6:]:
+    return False
+  default = models.setting_default(new.get('model_name'), key[6:])
+  return json.loads(json.dumps(default, default=str)) == new[key]
+
+
 def check_resume_config(config: ml_collections.ConfigDict, workdir: str):
   """Compares `config` with the config.json of the run being resumed.
 
@@ -328,7 +337,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str):
   stored.pop('run_info', None)
   now = json.loads(json.dumps(writer_lib._to_python(config.to_dict())))  # pylint: disable=protected-access
   old, new = _flatten(stored), _flatten(now)
-  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                   and not _new_model_key_at_default(k, old, new))
   if not changed:
     return
   lines = [f'  {k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'

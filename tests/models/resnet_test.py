@@ -480,5 +480,89 @@ class ExtraAndPoolTest(absltest.TestCase):
     )
 
 
+class PackedDropoutTest(parameterized.TestCase):
+  """`PackedDropout`: several masks per 32-bit draw, rate rounded."""
+
+  def _apply(self, rate, bits, x, seed=0, deterministic=False):
+    return resnet.PackedDropout(rate, bits).apply(
+        {}, x, deterministic=deterministic,
+        rngs={'dropout': jax.random.key(seed)},
+    )
+
+  @parameterized.parameters((0.2, 8), (0.2, 16), (0.5, 8), (0.1, 16))
+  def test_rate_scale_and_independence(self, rate, bits):
+    x = jnp.ones((64, 250, 16), jnp.float32)  # 256,000 units
+    y = np.asarray(jax.jit(self._apply, static_argnums=(0, 1))(rate, bits, x))
+    realised = resnet.realised_rate(rate, bits)
+    self.assertLessEqual(abs(realised - rate), 2.0**-bits / 2)
+    kept = y != 0
+    # Binomial sd of the dropped fraction: sqrt(p (1 - p) / n) < 1e-3; a
+    # threshold off by one (1 / 256 at 8 bits) fails.
+    self.assertLess(abs(1 - kept.mean() - realised), 3e-3)
+    np.testing.assert_allclose(y[kept], 1 / (1 - realised), rtol=1e-6)
+    # Inverted dropout: the mean is unchanged (to the sampling error).
+    self.assertLess(abs(y.mean() - 1), 0.02)
+    # The 32 / bits uniforms packed in one word are independent: neighbours
+    # (which share a word) are kept together as often as chance says.
+    flat = kept.reshape(-1)
+    both = np.mean(flat[0::2] & flat[1::2])
+    self.assertLess(abs(both - (1 - realised) ** 2), 1e-2)
+
+  def test_deterministic_keyed_and_zero_rate(self):
+    x = _ecg(batch=4)
+    a, b = self._apply(0.2, 8, x, 1), self._apply(0.2, 8, x, 1)
+    np.testing.assert_array_equal(a, b)
+    self.assertGreater(
+        float(jnp.mean(a != self._apply(0.2, 8, x, 2))), 0.1
+    )
+    np.testing.assert_array_equal(
+        self._apply(0.2, 8, x, deterministic=True), x
+    )
+    np.testing.assert_array_equal(self._apply(0.0, 8, x), x)
+    np.testing.assert_array_equal(self._apply(1.0, 16, x), jnp.zeros_like(x))
+    self.assertEqual(self._apply(0.2, 8, x.astype(jnp.bfloat16)).dtype,
+                     jnp.bfloat16)
+
+  def test_bad_bits_and_rates_raise(self):
+    x = _ecg()
+    with self.assertRaisesRegex(ValueError, '32, 16 or 8'):
+      self._apply(0.2, 12, x)
+    with self.assertRaisesRegex(ValueError, 'rounds to 0'):
+      self._apply(1e-4, 8, x)
+    with self.assertRaisesRegex(ValueError, r'\[0, 1\]'):
+      self._apply(1.5, 8, x)
+    self.assertEqual(resnet.realised_rate(0.2, 32), 0.2)
+    model = resnet._TinyResNet(num_outputs=OUTPUTS, dropout_bits=4)
+    with self.assertRaisesRegex(ValueError, '32, 16 or 8'):
+      model.init(jax.random.key(0), x)
+
+  def test_resnet_with_packed_dropout_trains_alike(self):
+    """8 bits: other masks than nn.Dropout's, the same parameters."""
+    x = _ecg(batch=4)
+    base = resnet._TinyResNet(num_outputs=OUTPUTS)
+    variables = jax.jit(base.init)(jax.random.key(0), x)
+
+    def train_out(model, seed):
+      return model.apply(
+          variables, x, train=True, mutable=['batch_stats'],
+          rngs={'dropout': jax.random.key(seed)},
+      )[0][1]['features']
+
+    packed = base.clone(dropout_bits=8)
+    jax.tree.map(  # the same parameter tree: checkpoints carry over
+        lambda a, b: self.assertEqual(a.shape, b.shape), variables,
+        jax.jit(packed.init)(jax.random.key(0), x),
+    )
+    feats = train_out(packed, 1)
+    np.testing.assert_array_equal(feats, train_out(packed, 1))
+    self.assertGreater(
+        float(jnp.max(jnp.abs(feats - train_out(base, 1)))), 1e-4
+    )
+    # Inference has no dropout: the two give the same logits.
+    np.testing.assert_array_equal(
+        base.apply(variables, x)[0], packed.apply(variables, x)[0]
+    )
+
+
 if __name__ == '__main__':
   absltest.main()
