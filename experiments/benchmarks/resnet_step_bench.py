@@ -2,12 +2,14 @@ r"""Train-step throughput of the Ribeiro et al. ResNet: JAX vs PyTorch.
 
 One train step = forward with BatchNorm in training mode and dropout on,
 binary cross-entropy with logits on a 0/1 target (one output), backward and
-an Adam update (lr 1e-3); `--dropout_bits=8` times the JAX step with
-`resnet.PackedDropout` (four masks per 32-bit draw). The JAX step is
+an Adam update (lr 1e-3); `--dropout_bits=32,8` also times, in the same
+turns, a JAX step with `resnet.PackedDropout` (four masks per 32-bit
+draw; row "jax/8b"). The JAX step is
 `jax.jit` of `value_and_grad` plus optax.adam with mutable `batch_stats`,
-its state donated (as training/train.py jits it). The PyTorch step runs the same network, written
-here with channels-first Conv1d/BatchNorm1d/MaxPool1d/Linear and the Flax
-model's explicit 'SAME' padding, from the same weights and running statistics
+its state donated (as training/train.py jits it). The PyTorch step runs
+the same network, written here with channels-first
+Conv1d/BatchNorm1d/MaxPool1d/Linear and the Flax model's explicit 'SAME'
+padding, from the same weights and running statistics
 on the same inputs, with `torch.set_num_threads(os.cpu_count())`. Before
 timing, the script checks that the two compute the same function: logits in
 eval mode (running statistics, no dropout), max |difference| printed, ~1e-5
@@ -67,9 +69,10 @@ _TORCH_THREADS = flags.DEFINE_integer(
     'torch_threads', 0, 'PyTorch intra-op threads; 0 for os.cpu_count().'
 )
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of inputs and weights.')
-_DROPOUT_BITS = flags.DEFINE_integer(
-    'dropout_bits', 32, 'Random bits per dropout unit in the JAX step: 32 '
-    '(nn.Dropout) or 8 / 16 (resnet.PackedDropout). PyTorch draws its own.')
+_DROPOUT_BITS = flags.DEFINE_list(
+    'dropout_bits', '32', 'Random bits per dropout unit of the JAX steps '
+    'timed (in turn with PyTorch): 32 (nn.Dropout, framework "jax") and/or '
+    '8, 16 (resnet.PackedDropout, "jax/8b"). PyTorch draws its own.')
 
 PRESETS = {'ribeiro': resnet.ResNetRibeiro, 'cpu': resnet.ResNetCPU}
 INPUTS = {'strip': 5000, 'beat': 600}
@@ -200,7 +203,7 @@ def run_config(preset: str, inputs: str, torch_ok: bool) -> list[dict]:
   # ECG-scale inputs (mV); throughput does not depend on the values.
   ecg = (0.3 * rng.standard_normal((batch, length, LEADS))).astype(np.float32)
   target = rng.integers(0, 2, (batch, 1)).astype(np.float32)
-  model = PRESETS[preset](num_outputs=1, dropout_bits=_DROPOUT_BITS.value)
+  model = PRESETS[preset](num_outputs=1)
   variables = jax.jit(model.init)(
       jax.random.key(_SEED.value), jnp.zeros((1, length, LEADS)))
   variables = _randomize_norms(dict(variables), _SEED.value + 2)
@@ -226,20 +229,29 @@ def run_config(preset: str, inputs: str, torch_ok: bool) -> list[dict]:
     print(f'  parity (eval mode, {NUM_COMPARED} ECGs): max |dlogit| '
           f'{parity:.2e}, max |logit| {np.max(np.abs(jax_logits)):.3g}')
     steppers['torch'], infos['torch'] = torch_stepper(net, ecg, target)
-  steppers['jax'], infos['jax'] = jax_stepper(
-      model, variables, jnp.asarray(ecg), jnp.asarray(target), _SEED.value)
-  print(f'  jax: compiled in {infos["jax"]["compile_s"]:.1f} s', flush=True)
-  if torch_ok and infos['torch']['params'] != infos['jax']['params']:
-    raise RuntimeError(
-        f'parameter counts differ: {infos["torch"]["params"]} (torch) vs '
-        f'{infos["jax"]["params"]} (jax)')
+  bits_of = {}
+  for bits in map(int, _DROPOUT_BITS.value):
+    framework = 'jax' if bits == 32 else f'jax/{bits}b'
+    bits_of[framework] = bits
+    # Each step donates its state: every stepper gets its own copy.
+    steppers[framework], infos[framework] = jax_stepper(
+        model.clone(dropout_bits=bits), jax.tree.map(jnp.copy, variables),
+        jnp.asarray(ecg), jnp.asarray(target), _SEED.value)
+    print(f'  {framework}: compiled in {infos[framework]["compile_s"]:.1f} s',
+          flush=True)
+    if torch_ok and infos['torch']['params'] != infos[framework]['params']:
+      raise RuntimeError(
+          f'parameter counts differ: {infos["torch"]["params"]} (torch) vs '
+          f'{infos[framework]["params"]} ({framework})')
   timed = time_interleaved(steppers)
   rows = []
   for framework, row in timed.items():
     row.update(infos[framework], framework=framework, config=name,
                preset=preset, inputs=inputs, length=length, batch_size=batch,
-               parity=parity, dropout_bits=_DROPOUT_BITS.value)
-    row['flops'] = infos['jax']['flops']  # the same network
+               parity=parity, dropout_bits=bits_of.get(framework))
+    # The same network: the torch row takes the first JAX step's count.
+    row['flops'] = infos[framework if framework in bits_of
+                         else next(iter(bits_of))]['flops']
     steps = ', '.join(f'{t:.2f}' for t in row['times'])
     print(f'  {framework}: {row["step_s"]:.3f} s/step ({steps})')
     rows.append(row)
@@ -267,7 +279,7 @@ def main(argv):
         f'x{jax.device_count()}, {os.cpu_count()} CPUs, load average '
         f'{load_start:.1f}; batch {_BATCH.value}, {_WARMUP.value} '
         f'warm-up + {_STEPS.value} timed steps, torch threads {threads}, '
-        f'dropout bits {_DROPOUT_BITS.value}, '
+        f'dropout bits {",".join(_DROPOUT_BITS.value)}, '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
 
   peak_start = bench_report.gemm_peak_gflops()  # again at the end; max kept
@@ -287,7 +299,7 @@ def main(argv):
     torch_row = next((q for q in rows if q['config'] == r['config']
                       and q['framework'] == 'torch'), None)
     ratio = (torch_row['step_s'] / r['step_s']
-             if torch_row and r['framework'] == 'jax' else None)
+             if torch_row and r['framework'] != 'torch' else None)
     best_ratio = (torch_row['best_s'] / r['best_s'] if ratio else None)
     ratio_text = (f'{ratio:8.2f}x {best_ratio:6.2f}x' if ratio
                   else f'{"-":>9s} {"-":>7s}')
@@ -306,7 +318,8 @@ def main(argv):
         gflop_per_s=gflop / r['step_s'], loss=r['loss'],
         step_times_s=r['times'],
         speedup_jax_over_torch=ratio,
-        speedup_best_step=best_ratio, max_abs_logit_diff=r['parity']))
+        speedup_best_step=best_ratio, max_abs_logit_diff=r['parity'],
+        dropout_bits=r['dropout_bits']))
   print('s/step: mean wall clock of the timed steps; best s: the fastest; '
         'cpu s: CPU seconds of this process per step '
         '(all threads); GFLOP: XLA cost analysis of the compiled JAX step '
@@ -320,14 +333,14 @@ def main(argv):
   print(f'\nCompute floor: fp32 matmul peak of this machine {peak:.0f} '
         'GFLOP/s (XLA, 4096^2).')
   for r in summary:
-    if r['framework'] != 'jax':
+    if r['framework'] == 'torch':
       continue
     floor = r['gflop'] / peak
     torch_row = next((q for q in summary if q['config'] == r['config']
                       and q['framework'] == 'torch'), None)
     bound = (f'; no fp32 step of these FLOPs can beat PyTorch here by more '
              f'than {torch_row["step_s"] / floor:.2f}x' if torch_row else '')
-    print(f'  {r["config"]}: >= {floor:.3f} s/step; JAX at '
+    print(f'  {r["config"]} {r["framework"]}: >= {floor:.3f} s/step; JAX at '
           f'{floor / r["step_s"]:.0%} of peak{bound}')
     r.update(floor_step_s=floor, fraction_of_peak=floor / r['step_s'],
              max_speedup_over_torch=(torch_row['step_s'] / floor

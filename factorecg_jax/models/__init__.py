@@ -21,7 +21,7 @@ NO_DEFAULT = object()  # what `setting_default` returns for a required field
 def setting_default(model_name: str | None, key: str) -> Any:
   """The value `MODELS[model_name]` gives `key` when a config omits it.
 
-  A preset's keyword first (`functools.partial`, innermost last), else the
+  A preset's keyword first (a `functools.partial` in `MODELS`), else the
   Linen field's default; `NO_DEFAULT` for a required field, an unknown key
   or an unknown model. Lets a run trained before a config gained a key
   (e.g. `dropout_bits`) match a config naming that key at its default.

@@ -318,6 +318,8 @@ def _new_model_key_at_default(key: str, old: dict[str, Any],
   if not key.startswith('model.') or key in old or '.' in key[6:]:
     return False
   default = models.setting_default(new.get('model_name'), key[6:])
+  if default is models.NO_DEFAULT:
+    return False
   return json.loads(json.dumps(default, default=str)) == new[key]
 
 

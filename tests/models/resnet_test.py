@@ -508,6 +508,16 @@ class PackedDropoutTest(parameterized.TestCase):
     both = np.mean(flat[0::2] & flat[1::2])
     self.assertLess(abs(both - (1 - realised) ** 2), 1e-2)
 
+  @parameterized.parameters(8, 16)
+  def test_sizes_that_do_not_fill_a_word(self, bits):
+    # 5 channels: the last word of each (batch, time) row is cut short.
+    x = jnp.ones((40, 700, 5), jnp.float32)
+    y = np.asarray(self._apply(0.5, bits, x))
+    self.assertEqual(y.shape, x.shape)
+    dropped = (y == 0).mean(axis=(0, 1))  # per channel, 28,000 units each
+    np.testing.assert_allclose(dropped, 0.5, atol=0.02)
+    np.testing.assert_allclose(y[y != 0], 2.0)
+
   def test_deterministic_keyed_and_zero_rate(self):
     x = _ecg(batch=4)
     a, b = self._apply(0.2, 8, x, 1), self._apply(0.2, 8, x, 1)
@@ -529,6 +539,11 @@ class PackedDropoutTest(parameterized.TestCase):
       self._apply(0.2, 12, x)
     with self.assertRaisesRegex(ValueError, 'rounds to 0'):
       self._apply(1e-4, 8, x)
+    with self.assertRaisesRegex(ValueError, 'rounds to 1'):
+      self._apply(0.999, 8, x)
+    # The thresholds themselves: round(0.8 * 256), round(0.8 * 65536).
+    self.assertEqual(resnet._keep_threshold(0.2, 8), 205)
+    self.assertEqual(resnet._keep_threshold(0.2, 16), 52429)
     with self.assertRaisesRegex(ValueError, r'\[0, 1\]'):
       self._apply(1.5, 8, x)
     self.assertEqual(resnet.realised_rate(0.2, 32), 0.2)
