@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 from typing import Any
 
 from factorecg_jax.models import resnet
@@ -35,3 +36,10 @@ def setting_default(model_name: str | None, key: str) -> Any:
   if field is None or field.default is dataclasses.MISSING:
     return NO_DEFAULT
   return field.default
+
+
+def is_default(model_name: str | None, key: str, value: Any) -> bool:
+  """Whether `value` (as JSON reads it back) is `key`'s default there."""
+  default = setting_default(model_name, key)
+  return default is not NO_DEFAULT and json.loads(
+      json.dumps(default, default=str)) == value

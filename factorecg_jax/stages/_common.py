@@ -64,15 +64,11 @@ def _check_model_matches(
   name = config.get('model_name')
   # A setting a newer config names at the model's own default (e.g.
   # `dropout_bits=32`) matches a run trained before the key existed.
-  def new_key_at_default(k):
-    default = models.setting_default(name, k)
-    return (k not in theirs and default is not models.NO_DEFAULT
-            and ours[k] == _json_normal(default))
-
   diffs = [
       f'{k}: {theirs.get(k)!r} (run) vs {ours.get(k)!r} (config)'
       for k in sorted(set(ours) | set(theirs))
-      if ours.get(k) != theirs.get(k) and not new_key_at_default(k)
+      if ours.get(k) != theirs.get(k)
+      and not (k not in theirs and models.is_default(name, k, ours[k]))
   ]
   if config.get('model_name') != saved.get('model_name'):
     diffs.insert(0, f"model_name: {saved.get('model_name')!r} (run) vs "

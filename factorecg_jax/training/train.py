@@ -315,12 +315,9 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 def _new_model_key_at_default(key: str, old: dict[str, Any],
                               new: dict[str, Any]) -> bool:
   """A `model.` key the stored run lacks, set to the model's own default."""
-  if not key.startswith('model.') or key in old or '.' in key[6:]:
-    return False
-  default = models.setting_default(new.get('model_name'), key[6:])
-  if default is models.NO_DEFAULT:
-    return False
-  return json.loads(json.dumps(default, default=str)) == new[key]
+  return (key.startswith('model.') and key not in old
+          and '.' not in key[6:]
+          and models.is_default(new.get('model_name'), key[6:], new[key]))
 
 
 def check_resume_config(config: ml_collections.ConfigDict, workdir: str):

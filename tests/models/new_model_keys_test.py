@@ -52,6 +52,10 @@ def test_setting_default_reads_presets_then_fields():
   for model, key in (('resnet', 'num_outputs'), ('resnet', 'nope'),
                      ('nope', 'kernel_size')):
     assert models.setting_default(model, key) is models.NO_DEFAULT
+    assert not models.is_default(model, key, 1)
+  # Compared as JSON reads it back: tuples are lists there.
+  assert models.is_default('resnet_cpu', 'downsample', [4, 4, 4, 4])
+  assert not models.is_default('resnet_cpu', 'kernel_size', 17)
 
 
 def test_resuming_a_run_older_than_the_key(tmp_path):
